@@ -24,8 +24,7 @@ def null_logits(detector, images, n_keys: int = 16, attacks=tuple(ATTACKS), seed
     for img in images:
         for name in attacks:
             x = ATTACKS[name](detector.to_canonical(img))
-            logits = detector(x)
-            out.extend((detector.sharpness * (detector.agreement(logits, bits) - detector.threshold)).tolist())
+            out.extend(detector.logits_for(x, bits[None])[0].tolist())  # one image, every key at once
         if progress:
             progress()
     return np.array(out)

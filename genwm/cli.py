@@ -5,12 +5,13 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from genwm import __version__
-    from genwm.commands import files, personalize
+    from genwm.commands import files, personalize, train
 
     parser = argparse.ArgumentParser(prog="genwm", description=__doc__)
     parser.add_argument("--version", action="version", version=f"genwm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     files.register(sub)
+    train.register(sub)
     personalize.register(sub)
     return parser
 

@@ -18,81 +18,98 @@ from genwm.perceptual import load_perceptual
 
 
 class WatermarkPretraining(pl.LightningModule):
+    """G and D, alternating updates. D's template network *is* G (shared weights, updated only
+    by G's optimizer): D learns where to look for the mark, G what to draw."""
+
     def __init__(self, generator: dict | None = None, detector: dict | None = None, channel: dict | None = None,
                  perceptual: str = "effnet-lite0", lpips_backbone: str | None = None, budget: float = 0.01,
-                 budget_weight: float = 10.0, bit_weight: float = 1.0, lr_g: float = 1e-3, lr_d: float = 1e-3):
+                 budget_weight: float = 10.0, foreign_weight: float = 0.5, lr_g: float = 1e-3, lr_d: float = 1e-3,
+                 warmup_strength: float = 1.0, warmup_iterations: int = 0):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator = WatermarkGenerator(GeneratorConfig(**(generator or {})))
-        self.detector = Detector(DetectorConfig(**(detector or {})))
+        self.detector = Detector(DetectorConfig(template=self.generator.config.to_dict(), **(detector or {})))
+        self.detector.templates = self.generator
         self.channel = PublishingChannel(ChannelConfig(**(channel or {})))
         self.perceptual = load_perceptual(perceptual, lpips_backbone)
         self._val = []
 
+    def detector_parameters(self):
+        shared = {id(p) for p in self.generator.parameters()}
+        return [p for p in self.detector.parameters() if id(p) not in shared]
+
     def configure_optimizers(self):
         hp = self.hparams
         return (torch.optim.Adam(self.generator.parameters(), lr=hp.lr_g),
-                torch.optim.Adam(self.detector.parameters(), lr=hp.lr_d))
+                torch.optim.Adam(self.detector_parameters(), lr=hp.lr_d))
 
-    def detection_losses(self, received: torch.Tensor, n: int, bits: torch.Tensor, other: torch.Tensor):
-        """received = channel([x_w; x]). Binary BCE for: own mark (1), clean (0), other key (0);
-        plus per-bit BCE on the own mark, which gives D and G a dense signal early on."""
-        d = self.detector
-        logits = d(received)
-        lw, lc = logits[:n], logits[n:]
-        sharp, thr = d.sharpness, d.threshold
-        own = sharp * (d.agreement(lw, bits) - thr)
-        clean = sharp * (d.agreement(lc, bits) - thr)
-        foreign = sharp * (d.agreement(lw, other) - thr)
+    def detection_losses(self, received: torch.Tensor, own: torch.Tensor, other: torch.Tensor):
+        """received = channel([x_w; x]); own, other: template tiles of the mark's key and of
+        another key. BCE for: the key's mark (1), clean (0), and the mark read with the other
+        key (0), which keeps the keys' templates apart."""
+        n = own.shape[0]
+        marked = self.detector.template_logits(received[:n], torch.stack([own, other], dim=1))
+        clean = self.detector.template_logits(received[n:], own[:, None])[:, 0]
+        own_logit, foreign = marked[:, 0], marked[:, 1]
         bce = F.binary_cross_entropy_with_logits
-        binary = bce(own, torch.ones_like(own)) + 0.5 * bce(clean, torch.zeros_like(clean)) + 0.5 * bce(foreign, torch.zeros_like(foreign))
-        bit = bce(lw, (bits + 1) / 2)
-        acc = ((own > 0).float().mean() + (clean < 0).float().mean()) / 2
-        return binary, bit, acc
+        w = self.hparams.foreign_weight
+        loss = (bce(own_logit, torch.ones_like(own_logit)) + (1 - w) * bce(clean, torch.zeros_like(clean))
+                + w * bce(foreign, torch.zeros_like(foreign)))
+        acc = ((own_logit > 0).float().mean() + (clean < 0).float().mean()) / 2
+        return loss, acc
+
+    def strength(self) -> float:
+        """An optional curriculum: a mark warmup_strength times stronger at first, fading
+        geometrically to the real strength (1) over warmup_iterations."""
+        hp = self.hparams
+        if hp.warmup_iterations <= 0:
+            return 1.0
+        progress = min(1.0, (self.global_step // 2) / hp.warmup_iterations)  # 2 optimizer steps an iteration
+        return float(hp.warmup_strength ** (1.0 - progress))
 
     def training_step(self, x, batch_idx):
         opt_g, opt_d = self.optimizers()
         n, hp = x.shape[0], self.hparams
+        s = self.strength()
         bits = random_bits(n, self.generator.config.n_bits).to(x)
         other = random_bits(n, self.generator.config.n_bits).to(x)
         t = self.generator.config.tile
-        offset = (random.randrange(t), random.randrange(t))  # D must not rely on where tiles start
+        offset = (random.randrange(t), random.randrange(t))  # the mark may start anywhere
 
         # D step: G fixed.
         with torch.no_grad():
-            xw = self.generator.embed(x, bits, offset)
-        binary, bit, acc = self.detection_losses(self.channel(torch.cat([xw, x])), n, bits, other)
+            tiles = self.generator(torch.cat([bits, other]))
+            pattern = self.generator.render(tiles[:n], x.shape[-2], x.shape[-1], 1.0, offset)
+            received = self.channel(torch.cat([(x + s * pattern).clamp(0, 1), x]))
+        loss_d, acc = self.detection_losses(received, tiles[:n], tiles[n:])
         opt_d.zero_grad()
-        self.manual_backward(binary + hp.bit_weight * bit)
+        self.manual_backward(loss_d)
         opt_d.step()
 
-        # G step: D fixed (only G's optimizer steps).
-        xw = self.generator.embed(x, bits, offset)
-        g_binary, g_bit, _ = self.detection_losses(self.channel(torch.cat([xw, x])), n, bits, other)
-        dist = self.perceptual(x, xw)
+        # G step: D's own parameters fixed (only G's optimizer steps).
+        tiles = self.generator(torch.cat([bits, other]))
+        pattern = self.generator.render(tiles[:n], x.shape[-2], x.shape[-1], 1.0, offset)
+        xw = (x + s * pattern).clamp(0, 1)
+        loss_det, _ = self.detection_losses(self.channel(torch.cat([xw, x])), tiles[:n], tiles[n:])
+        dist = self.perceptual(x, (x + pattern).clamp(0, 1))  # the budget is for the mark as deployed (strength 1)
         over_budget = F.relu(dist - hp.budget).mean()
-        loss_g = g_binary + hp.bit_weight * g_bit + hp.budget_weight * over_budget
+        loss_g = loss_det + hp.budget_weight * over_budget
         opt_g.zero_grad()
         self.manual_backward(loss_g)
         opt_g.step()
 
-        self.log_dict({"d/loss": binary, "d/bit": bit, "d/acc": acc, "g/loss": loss_g, "g/perceptual": dist.mean(),
-                       "g/over_budget": over_budget}, prog_bar=False)
-        self.log("acc", acc, prog_bar=True)
-        self.log("lpips", dist.mean(), prog_bar=True)
+        self.log_dict({"d/loss": loss_d, "g/loss": loss_g, "g/perceptual": dist.mean(), "g/over_budget": over_budget})
+        self.log_dict({"acc": acc, "lpips": dist.mean(), "strength": s}, prog_bar=True)
 
     def validation_step(self, x, batch_idx):
         """Fixed attacks, fixed keys: logits of marked vs clean crops."""
         g = torch.Generator().manual_seed(1000 + batch_idx)
         bits = random_bits(x.shape[0], self.generator.config.n_bits, g).to(x)
         xw = self.generator.embed(x, bits)
-        d = self.detector
         for name in ("clean", "jpeg75", "resize0.5"):
             attack = ATTACKS[name]
-            lw = d.sharpness * (d.agreement(d(attack(xw)), bits) - d.threshold)
-            lc = d.sharpness * (d.agreement(d(attack(x)), bits) - d.threshold)
-            self._val.append((name, lw.cpu(), lc.cpu()))
+            self._val.append((name, self.detector.logit(attack(xw), bits).cpu(), self.detector.logit(attack(x), bits).cpu()))
         self._val.append(("perceptual", self.perceptual(x, xw).cpu(), 10 * torch.log10(1 / (xw - x).pow(2).mean(dim=(1, 2, 3))).cpu()))
 
     def on_validation_epoch_end(self):
@@ -111,3 +128,135 @@ class WatermarkPretraining(pl.LightningModule):
             scores = torch.cat([a, b]).numpy()
             self.log_dict({f"val/auc_{name}": float(roc_auc_score(labels, scores)),
                            f"val/acc_{name}": ((a > 0).float().mean() + (b <= 0).float().mean()).item() / 2})
+
+
+# ---- the run: config file -> Lightning trainer -> genwm checkpoint -------------------------------
+
+DEFAULT_CONFIG = {
+    "out": "checkpoints/genwm-base",
+    "run_dir": "runs/pretrain",  # Lightning's checkpoints (to resume from) and CSV logs
+    "seed": 0,
+    "data": {},  # PhotoCropDataModule arguments
+    "model": {},  # WatermarkPretraining arguments
+    "trainer": {"max_epochs": 10, "accelerator": "auto"},  # pl.Trainer arguments
+    "calibration": {"dirs": None, "n_keys": 32, "seed": 0},  # None: the data's val_dirs
+}
+
+
+def load_pretrain_config(path=None, **overrides) -> dict:
+    """DEFAULT_CONFIG updated section by section from a YAML file, then from overrides
+    (dotted names, e.g. {"trainer.max_steps": 20}; None values ignored)."""
+    import copy
+
+    import yaml
+
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    if path is not None:
+        try:
+            data = yaml.safe_load(open(path)) or {}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        unknown = sorted(set(data) - set(DEFAULT_CONFIG))
+        if unknown:
+            raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_CONFIG)}")
+        for k, v in data.items():
+            if isinstance(config[k], dict):
+                config[k].update(v or {})
+            else:
+                config[k] = v
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, name = dotted.partition(".")
+        if name:
+            config[section][name] = value
+        else:
+            config[section] = value
+    return config
+
+
+def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
+    """Phase 1 from a config (load_pretrain_config), writing a genwm checkpoint to config["out"]
+    and its calibration. resume=True continues from the run folder's last Lightning checkpoint.
+    -> the checkpoint's metadata."""
+    from pathlib import Path
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from genwm.checkpoint import save_calibration, save_checkpoint
+    from genwm.data import PhotoCropDataModule
+
+    pl.seed_everything(config["seed"], workers=True, verbose=False)
+    run_dir, out = Path(config["run_dir"]), Path(config["out"])
+    model = WatermarkPretraining(**config["model"])
+    data_args = dict(config["data"])
+    data_args.setdefault("canonical_size", model.generator.config.canonical_size)
+    data = PhotoCropDataModule(**data_args)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():
+        raise FileNotFoundError(f"{last}: nothing to resume from (run without --resume to start)")
+    if not resume and last.is_file():
+        raise ValueError(f"{run_dir}: holds an earlier run; pass --resume to continue it or choose another run_dir")
+    trainer = pl.Trainer(
+        default_root_dir=run_dir,
+        logger=CSVLogger(run_dir, name="logs"),
+        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)],
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+        log_every_n_steps=10,
+        **config["trainer"],
+    )
+    trainer.fit(model, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
+
+    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    metadata = {
+        "phase": 1,
+        "perceptual": model.hparams.perceptual,
+        "budget": model.hparams.budget,
+        "channel": model.channel.config.to_dict(),
+        "hparams": dict(model.hparams),
+        "data": {k: (list(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in data_args.items()},
+        "train_images": len(data.train_set.images),
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "seed": config["seed"],
+        "validation": final,
+        "torch_version": torch.__version__,
+    }
+    if model.hparams.perceptual == "lpips-alex-random":
+        metadata["warning"] = "trained with a random-backbone LPIPS: the perceptual budget means little"
+    generator, detector = model.generator.cpu().eval(), model.detector.cpu().eval()
+    save_checkpoint(out, generator=generator, detector=detector, metadata=metadata)
+    cal = config["calibration"]
+    dirs = cal.get("dirs") or data_args["val_dirs"]
+    save_calibration(out, calibrate(detector, dirs, n_keys=cal.get("n_keys", 32), seed=cal.get("seed", 0), progress=progress))
+    return metadata
+
+
+def calibrate(detector, dirs, n_keys: int = 32, seed: int = 0, alpha_image: float = 0.01, progress: bool = True) -> dict:
+    """The calibration of a phase-1 detector: its null distribution on clean photos (folders
+    `dirs`, never trained on) under n_keys random keys and each fixed attack."""
+    from tqdm.auto import tqdm
+
+    from genwm.calibration import make_calibration, null_logits
+    from genwm.data import list_images
+    from genwm.images import load_image, to_float_rgb
+
+    files = list_images(dirs)
+    if not files:
+        raise ValueError(f"no images to calibrate on in {', '.join(map(str, dirs))}")
+    images = (torch.from_numpy(to_float_rgb(load_image(f).image)).permute(2, 0, 1) for f in files)
+    bar = tqdm(total=len(files), desc="calibrate", disable=not progress)
+    null = null_logits(detector, images, n_keys=n_keys, seed=seed, progress=lambda: bar.update(1))
+    bar.close()
+    return make_calibration(
+        null,
+        alpha_image=alpha_image,
+        null_source="clean photos never trained on, random keys, each fixed attack",
+        null_images=[str(f) for f in files],
+        n_keys=n_keys,
+        attacks=list(ATTACKS),
+    )

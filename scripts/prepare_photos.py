@@ -50,7 +50,8 @@ def in_calib(path: Path) -> bool:
 def link_all(files, dest: Path) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     for f in files:
-        name = f"{f.parent.parent.name}-{f.name}" if f.parent.parent.name != "examples" and WALLPAPERS in f.parents else f.name
+        # Wallpapers live at WALLPAPERS/<name>/contents/images/<size>.jpg: name them by wallpaper.
+        name = f"{f.parents[2].name}-{f.name}" if WALLPAPERS in f.parents else f.name
         target = dest / name
         if not target.exists():
             os.symlink(f.resolve(), target)

@@ -1,66 +1,157 @@
-"""D: an image of any size -> the probability that it carries a given key's watermark.
+"""D: an image of any size and a key -> the probability that the image carries the key's mark.
 
-D reads the watermark's bits from an image (a CNN with global pooling, so any size and any
-position) and compares them with the key's bits. Its binary output is
-sigmoid(sharpness * (agreement - threshold)), where agreement = mean(bits * tanh(logits))
-lies in [-1, 1]: near 1 for the key's mark, near 0 for clean images and for other keys'
-marks, whose bits are independent of this key's.
+D is a keyed matched filter with a learned front end:
+1. a small CNN (the extractor) turns the image into a residual where the mark stands out and
+   the photo's own content is suppressed;
+2. at each candidate scale, the residual is resampled so the mark's period becomes the tile
+   size T, cut into blocks of a few periods, and each block is folded (its periods averaged)
+   into one T x T tile: the mark adds up coherently, the photo does not;
+3. each folded block is circularly cross-correlated (FFT) with the key's template tile, so any
+   shift (a crop) is found; a block's evidence is the correlation peak in standard deviations
+   of its correlation map;
+4. the evidence of all blocks is pooled, the best scale taken, and an affine map gives a logit.
+
+The template comes from a key -> tile network of the generator's architecture; in phase 1 it
+is the generator itself (D looks for what G draws), in phase 2 it may adapt to what survives
+personalization. A mark of another key correlates with this key's template no more than
+photo content does, which is what tells keys apart.
 """
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from genwm.models.generator import pattern_scale
+from genwm.models.generator import GeneratorConfig, WatermarkGenerator, pattern_scale
 
 
 @dataclass
 class DetectorConfig:
-    n_bits: int = 64
-    width: int = 64
-    canonical_size: int = 512
+    template: dict = field(default_factory=lambda: GeneratorConfig().to_dict())  # the key -> tile network
+    width: int = 16  # extractor channels
+    depth: int = 3  # extractor convolutions
+    block_periods: int = 4  # a block folds this many periods each way
+    scale_range: tuple = (0.45, 1.6)  # mark scales searched, relative to canonical
+    scale_step: float = 1.05  # ratio between neighbouring scales
     max_side: int = 1024  # longer sides are centre-cropped after scale normalisation
+
+    def __post_init__(self):
+        self.scale_range = tuple(self.scale_range)
+        if isinstance(self.template, GeneratorConfig):
+            self.template = self.template.to_dict()
+
+    @property
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(**self.template)
+
+    @property
+    def n_bits(self) -> int:
+        return self.generator_config.n_bits
+
+    @property
+    def tile(self) -> int:
+        return self.generator_config.tile
+
+    @property
+    def canonical_size(self) -> int:
+        return self.generator_config.canonical_size
+
+    def scales(self) -> list[float]:
+        lo, hi = self.scale_range
+        k_lo, k_hi = math.ceil(math.log(lo) / math.log(self.scale_step)), math.floor(math.log(hi) / math.log(self.scale_step))
+        return [self.scale_step**k for k in range(k_lo, k_hi + 1)]
 
     def to_dict(self):
         return asdict(self)
 
 
-def _block(cin, cout, stride):
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
-        nn.GroupNorm(8, cout),
-        nn.GELU(),
-        nn.Conv2d(cout, cout, 3, padding=1),
-        nn.GroupNorm(8, cout),
-        nn.GELU(),
-    )
+def fold_blocks(residual: torch.Tensor, period: int, block: int) -> torch.Tensor | None:
+    """[N, C, H, W] -> [N, blocks, C, period, period]: each block's periods averaged. None if
+    the image holds no whole period."""
+    n, c, h, w = residual.shape
+    bh, bw = min(block, h // period * period), min(block, w // period * period)
+    if bh == 0 or bw == 0:
+        return None
+    nh, nw = h // bh, w // bw
+    x = residual[..., : nh * bh, : nw * bw].reshape(n, c, nh, bh // period, period, nw, bw // period, period)
+    return x.mean(dim=(3, 6)).permute(0, 2, 4, 1, 3, 5).reshape(n, nh * nw, c, period, period)
+
+
+def unit(x: torch.Tensor, dims) -> torch.Tensor:
+    x = x - x.mean(dim=dims, keepdim=True)
+    return x / x.pow(2).sum(dim=dims, keepdim=True).clamp_min(1e-12).sqrt()
 
 
 class Detector(nn.Module):
     def __init__(self, config: DetectorConfig | None = None):
         super().__init__()
         self.config = config = config or DetectorConfig()
-        w = config.width
-        self.features = nn.Sequential(
-            _block(3, w // 2, 1), _block(w // 2, w, 2), _block(w, w, 2), _block(w, 2 * w, 2), _block(2 * w, 2 * w, 1)
-        )
-        self.bit_head = nn.Linear(2 * w, config.n_bits)
-        self.sharpness = nn.Parameter(torch.tensor(12.0))
-        self.threshold = nn.Parameter(torch.tensor(0.4))
+        layers, c_in = [], 3
+        for i in range(config.depth):
+            last = i == config.depth - 1
+            layers.append(nn.Conv2d(c_in, 3 if last else config.width, 3, padding=1, padding_mode="reflect"))
+            if not last:
+                layers.append(nn.GELU())
+            c_in = config.width
+        self.extractor = nn.Sequential(*layers)
+        self.templates = WatermarkGenerator(config.generator_config)
+        # Block evidence under the null is a peak over T*T shifts: about 3.3 sd for T = 32.
+        self.null_peak = nn.Parameter(torch.tensor(3.3))
+        self.scale = nn.Parameter(torch.tensor(1.0))
+        self.bias = nn.Parameter(torch.tensor(1.0))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images [B, 3, H, W] in [0, 1], at canonical scale -> bit logits [B, n_bits]."""
-        h = self.features(images * 2 - 1)
-        return self.bit_head(h.mean(dim=(2, 3)))
+    @classmethod
+    def for_generator(cls, generator: WatermarkGenerator, **options) -> "Detector":
+        """A detector whose template is a copy of this generator."""
+        detector = cls(DetectorConfig(template=generator.config.to_dict(), **options))
+        detector.templates.load_state_dict(generator.state_dict())
+        return detector
 
-    @staticmethod
-    def agreement(bit_logits: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-        return (bits * torch.tanh(bit_logits)).mean(dim=-1)
+    def evidence(self, images: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] in [0, 1] at canonical scale, templates [N or 1, K, 3, T, T] ->
+        pooled evidence [N, K]: how far each template's correlation peaks stand out, in
+        standard deviations. The residual and its folds are computed once for all K."""
+        t = self.config.tile
+        residual = self.extractor(images * 2 - 1)
+        spectrum = torch.fft.rfft2(unit(templates, (2, 3, 4))).conj()[:, :, None]  # [N, K, 1, 3, T, T/2+1]
+        best = None
+        for s in self.config.scales():
+            r = residual
+            if abs(s - 1) > 1e-6:
+                # Plain bilinear: the residual is already high-passed, and antialiasing costs
+                # more than the rest of the search together.
+                size = (round(residual.shape[-2] / s), round(residual.shape[-1] / s))
+                r = F.interpolate(residual, size=size, mode="bilinear", align_corners=False)
+            blocks = fold_blocks(r, t, self.config.block_periods * t)
+            if blocks is None:
+                continue
+            folded = torch.fft.rfft2(unit(blocks, (2, 3, 4)))[:, None]  # [N, 1, B, 3, T, T/2+1]
+            corr = torch.fft.irfft2(folded * spectrum, s=(t, t)).sum(dim=3).flatten(3)  # [N, K, B, T*T]
+            peak = (corr.max(dim=-1).values - corr.mean(dim=-1)) / corr.std(dim=-1).clamp_min(1e-12)
+            # Blocks are pooled incoherently (their peaks averaged), so a slightly wrong scale
+            # costs a little, not everything; sqrt(blocks) makes the null spread size-free.
+            pooled = (peak.mean(dim=-1) - self.null_peak) * math.sqrt(peak.shape[-1])
+            best = pooled if best is None else torch.maximum(best, pooled)
+        if best is None:
+            raise ValueError(f"image of {tuple(images.shape[-2:])} px is smaller than one period of the mark")
+        return best
+
+    def logits_for(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        """Binary logits [N, K] for bits [N or 1, K, n_bits]: each image against K keys."""
+        k = bits.shape[1]
+        templates = self.templates(bits.reshape(-1, bits.shape[-1]))
+        return self.template_logits(images, templates.reshape(bits.shape[0], k, *templates.shape[1:]))
+
+    def template_logits(self, images: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
+        """Binary logits [N, K] against template tiles [N or 1, K, 3, T, T]."""
+        return self.scale * self.evidence(images, templates) - self.bias
 
     def logit(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-        """Binary logit that each image carries the mark of bits [B or 1, n_bits]."""
-        return self.sharpness * (self.agreement(self(images), bits) - self.threshold)
+        """Binary logit [N] that each image carries the mark of bits [N or 1, n_bits]."""
+        return self.logits_for(images, bits[:, None])[:, 0]
+
+    forward = logit
 
     def to_canonical(self, image: torch.Tensor) -> torch.Tensor:
         """One image [3, H, W] -> [1, 3, h, w] at the scale the mark was rendered for."""
@@ -107,9 +198,9 @@ class Detector(nn.Module):
 
     def score(self, images, key) -> "np.ndarray":
         """Probability, per image, that it carries the key's watermark."""
-        import numpy as np
+        from scipy.special import expit
 
-        return 1 / (1 + np.exp(-self.logits(images, key)))
+        return expit(self.logits(images, key))
 
     def verdict(self, images, key, alpha: float = 0.01) -> dict:
         """Set-level test against the calibrated null distribution (see genwm.calibration)."""

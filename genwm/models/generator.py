@@ -20,7 +20,7 @@ class GeneratorConfig:
     n_bits: int = 64
     tile: int = 32  # period of the mark, in canonical pixels
     channels: int = 64
-    max_rms: float = 0.008  # RMS cap in [0, 1] pixel units: 0.008 -> PSNR >= 41.9 dB
+    max_rms: float = 0.008  # RMS of the mark in [0, 1] pixel units: 0.008 -> PSNR 41.9 dB before clipping
     canonical_size: int = 512
 
     def to_dict(self):
@@ -55,14 +55,17 @@ class WatermarkGenerator(nn.Module):
         self.to_rgb = nn.Conv2d(c, 3, 3, padding=1, padding_mode="circular")
 
     def forward(self, bits: torch.Tensor) -> torch.Tensor:
-        """bits [B, n_bits] in {-1, +1} -> zero-mean tiles [B, 3, T, T] with RMS <= max_rms."""
+        """bits [B, n_bits] in {-1, +1} -> zero-mean tiles [B, 3, T, T] with RMS = max_rms.
+
+        The energy is fixed (it sets the PSNR); G learns where to put it. A cap that let the
+        energy shrink would let G fade the mark before D has learned to see any of it."""
         h = self.fc(bits).view(bits.shape[0], -1, self.base, self.base)
         for up in self.ups:
             h = up(h)
         tile = self.to_rgb(h)
         tile = tile - tile.mean(dim=(2, 3), keepdim=True)  # no brightness shift
         rms = tile.pow(2).mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12).sqrt()
-        return tile * (self.config.max_rms / rms).clamp(max=1.0)
+        return tile * (self.config.max_rms / rms)
 
     @staticmethod
     def render(tiles: torch.Tensor, height: int, width: int, scale: float = 1.0, offset=(0, 0)) -> torch.Tensor:
@@ -76,7 +79,7 @@ class WatermarkGenerator(nn.Module):
             grid = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)
         return grid
 
-    def embed(self, images: torch.Tensor, bits: torch.Tensor, offset=(0, 0)) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, bits: torch.Tensor, offset=(0, 0), strength: float = 1.0) -> torch.Tensor:
         """images [B, 3, H, W] in [0, 1] at canonical scale -> watermarked images."""
         pattern = self.render(self(bits), images.shape[-2], images.shape[-1], 1.0, offset)
-        return (images + pattern).clamp(0, 1)
+        return (images + strength * pattern).clamp(0, 1)
