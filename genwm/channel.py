@@ -106,9 +106,13 @@ class PublishingChannel(nn.Module):
         super().__init__()
         self.config = config or ChannelConfig()
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        c, u = self.config, random.random
-        x = images
+    def forward(self, images: torch.Tensor, intensity: float = 1.0) -> torch.Tensor:
+        """intensity scales every distortion's probability (a training curriculum)."""
+        c, x = self.config, images
+
+        def u():
+            return random.random() / max(intensity, 1e-9)
+
         if u() < c.p_rescale:
             lo, hi = math.log(c.scale_range[0]), math.log(c.scale_range[1])
             x = resize(x, math.exp(random.uniform(lo, hi)))

@@ -23,8 +23,8 @@ class WatermarkPretraining(pl.LightningModule):
 
     def __init__(self, generator: dict | None = None, detector: dict | None = None, channel: dict | None = None,
                  perceptual: str = "effnet-lite0", lpips_backbone: str | None = None, budget: float = 0.01,
-                 budget_weight: float = 10.0, foreign_weight: float = 0.5, lr_g: float = 1e-3, lr_d: float = 1e-3,
-                 warmup_strength: float = 1.0, warmup_iterations: int = 0):
+                 budget_weight: float = 10.0, foreign_weight: float = 0.5, lr_g: float = 2e-4, lr_d: float = 1e-3,
+                 detector_warmup: int = 300, channel_ramp: int = 600):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -59,19 +59,18 @@ class WatermarkPretraining(pl.LightningModule):
         acc = ((own_logit > 0).float().mean() + (clean < 0).float().mean()) / 2
         return loss, acc
 
-    def strength(self) -> float:
-        """An optional curriculum: a mark warmup_strength times stronger at first, fading
-        geometrically to the real strength (1) over warmup_iterations."""
-        hp = self.hparams
-        if hp.warmup_iterations <= 0:
-            return 1.0
-        progress = min(1.0, (self.global_step // 2) / hp.warmup_iterations)  # 2 optimizer steps an iteration
-        return float(hp.warmup_strength ** (1.0 - progress))
+    def iteration(self) -> int:
+        """Training batches so far (restored on resume); Lightning's global_step counts
+        optimizer steps, which differ between the warm-up and the rest."""
+        return self.trainer.fit_loop.epoch_loop.total_batch_idx if self._trainer is not None else 0
 
     def training_step(self, x, batch_idx):
         opt_g, opt_d = self.optimizers()
         n, hp = x.shape[0], self.hparams
-        s = self.strength()
+        it = self.iteration()
+        # The curriculum: D first learns to find marks in undistorted photos, then the publishing
+        # channel's distortions fade in over channel_ramp iterations; G waits detector_warmup.
+        intensity = min(1.0, it / hp.channel_ramp) if hp.channel_ramp > 0 else 1.0
         bits = random_bits(n, self.generator.config.n_bits).to(x)
         other = random_bits(n, self.generator.config.n_bits).to(x)
         t = self.generator.config.tile
@@ -81,26 +80,28 @@ class WatermarkPretraining(pl.LightningModule):
         with torch.no_grad():
             tiles = self.generator(torch.cat([bits, other]))
             pattern = self.generator.render(tiles[:n], x.shape[-2], x.shape[-1], 1.0, offset)
-            received = self.channel(torch.cat([(x + s * pattern).clamp(0, 1), x]))
+            received = self.channel(torch.cat([(x + pattern).clamp(0, 1), x]), intensity)
         loss_d, acc = self.detection_losses(received, tiles[:n], tiles[n:])
         opt_d.zero_grad()
         self.manual_backward(loss_d)
         opt_d.step()
+        self.log_dict({"d/loss": loss_d, "acc": acc, "channel": intensity}, prog_bar=True)
 
-        # G step: D's own parameters fixed (only G's optimizer steps).
-        tiles = self.generator(torch.cat([bits, other]))
-        pattern = self.generator.render(tiles[:n], x.shape[-2], x.shape[-1], 1.0, offset)
-        xw = (x + s * pattern).clamp(0, 1)
-        loss_det, _ = self.detection_losses(self.channel(torch.cat([xw, x])), tiles[:n], tiles[n:])
-        dist = self.perceptual(x, (x + pattern).clamp(0, 1))  # the budget is for the mark as deployed (strength 1)
-        over_budget = F.relu(dist - hp.budget).mean()
-        loss_g = loss_det + hp.budget_weight * over_budget
+        # G step: D's own parameters fixed (only G's optimizer steps). G waits while D first
+        # learns to find G's random initial marks: a G chasing a blind D learns only noise.
         opt_g.zero_grad()
-        self.manual_backward(loss_g)
-        opt_g.step()
-
-        self.log_dict({"d/loss": loss_d, "g/loss": loss_g, "g/perceptual": dist.mean(), "g/over_budget": over_budget})
-        self.log_dict({"acc": acc, "lpips": dist.mean(), "strength": s}, prog_bar=True)
+        if it >= hp.detector_warmup:
+            tiles = self.generator(torch.cat([bits, other]))
+            pattern = self.generator.render(tiles[:n], x.shape[-2], x.shape[-1], 1.0, offset)
+            xw = (x + pattern).clamp(0, 1)
+            loss_det, _ = self.detection_losses(self.channel(torch.cat([xw, x]), intensity), tiles[:n], tiles[n:])
+            dist = self.perceptual(x, xw)
+            over_budget = F.relu(dist - hp.budget).mean()
+            loss_g = loss_det + hp.budget_weight * over_budget
+            self.manual_backward(loss_g)
+            self.log_dict({"g/loss": loss_g, "g/over_budget": over_budget})
+            self.log("lpips", dist.mean(), prog_bar=True)
+        opt_g.step()  # without gradients (warm-up) Adam leaves G as it is
 
     def validation_step(self, x, batch_idx):
         """Fixed attacks, fixed keys: logits of marked vs clean crops."""
