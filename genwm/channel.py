@@ -82,6 +82,25 @@ ATTACKS = {
 }
 
 
+def load_frozen_vae(path):
+    """A diffusers AutoencoderKL from a pipeline folder (its vae/) or a vae folder, frozen."""
+    from pathlib import Path
+
+    from diffusers import AutoencoderKL
+
+    path = Path(path)
+    folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no VAE here (expected {path / 'vae' / 'config.json'} or {path / 'config.json'})")
+    return AutoencoderKL.from_pretrained(str(folder)).eval().requires_grad_(False)
+
+
+def vae_round_trip(vae, images: torch.Tensor) -> torch.Tensor:
+    """Encode to the latent mean and decode: what a latent diffusion model can see of an image."""
+    latents = vae.encode(images * 2 - 1).latent_dist.mean
+    return (vae.decode(latents).sample / 2 + 0.5).clamp(0, 1)
+
+
 @dataclass
 class ChannelConfig:
     p_rescale: float = 0.5  # the mark seen at another scale (cropped-then-normalised, small photos resized)
@@ -94,6 +113,11 @@ class ChannelConfig:
     blur_sigma: tuple = (0.3, 1.5)
     p_noise: float = 0.2
     noise_sigma: tuple = (0.0, 0.03)
+    # A stand-in for personalization: the round trip through a latent diffusion model's VAE
+    # (a diffusers pipeline folder or its vae/ folder), which every image a personalized
+    # model learns from, and every image it generates, goes through.
+    vae: str | None = None
+    p_vae: float = 0.0
 
     def to_dict(self):
         return asdict(self)
@@ -105,6 +129,7 @@ class PublishingChannel(nn.Module):
     def __init__(self, config: ChannelConfig | None = None):
         super().__init__()
         self.config = config or ChannelConfig()
+        self.vae = load_frozen_vae(self.config.vae) if self.config.vae and self.config.p_vae > 0 else None
 
     def forward(self, images: torch.Tensor, intensity: float = 1.0) -> torch.Tensor:
         """intensity scales every distortion's probability (a training curriculum)."""
@@ -113,6 +138,8 @@ class PublishingChannel(nn.Module):
         def u():
             return random.random() / max(intensity, 1e-9)
 
+        if self.vae is not None and u() < c.p_vae:
+            x = vae_round_trip(self.vae, x)
         if u() < c.p_rescale:
             lo, hi = math.log(c.scale_range[0]), math.log(c.scale_range[1])
             x = resize(x, math.exp(random.uniform(lo, hi)))

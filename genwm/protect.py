@@ -73,11 +73,12 @@ class ProtectConfig:
             raise ValueError(f"seeds must be distinct: {self.seeds}")
 
 
-def load_protect_config(yaml_path=None, synthesis: dict | None = None, finetune: dict | None = None, personalize: dict | None = None, **overrides) -> ProtectConfig:
+def load_protect_config(yaml_path=None, synthesis: dict | None = None, finetune: dict | None = None, personalize: dict | None = None, other_sections=(), **overrides) -> ProtectConfig:
     """Defaults, then a YAML file's sections (`protect:`, `synthesis:`, `finetune:`, and the
     personalization sections `common:`, `dreambooth:`, `lora:`, `textual-inversion:`), then
     keyword overrides: ProtectConfig fields, and dicts for the sampler, the fine-tuning and
-    the personalization sections. None values are ignored."""
+    the personalization sections. None values are ignored. Sections named in other_sections
+    belong to another reader of the same file (e.g. `demo:`) and are skipped."""
     import yaml
 
     data = {}
@@ -88,12 +89,12 @@ def load_protect_config(yaml_path=None, synthesis: dict | None = None, finetune:
             raise FileNotFoundError(f"{yaml_path}: config file not found") from None
         except yaml.YAMLError as e:
             raise ValueError(f"{yaml_path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        known = {"protect", "synthesis", "finetune", "common", *PERSONALIZE_SECTIONS}
+        known = {"protect", "synthesis", "finetune", "common", *PERSONALIZE_SECTIONS, *other_sections}
         if not isinstance(data, dict) or set(data) - known:
             raise ValueError(f"{yaml_path}: expected sections among {', '.join(sorted(known))}")
 
     def merged(section: str, extra: dict | None) -> dict:
-        values = dict(data.get(section) or {})
+        values = dict(data.get(section) or {}) if section not in other_sections else {}
         values.update({k: v for k, v in (extra or {}).items() if v is not None})
         return values
 

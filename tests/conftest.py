@@ -39,14 +39,15 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     no downloaded weights, so --budget runs offline.
     """
     from genwm.checkpoint import save_checkpoint
-    from genwm.models import Detector, DetectorConfig, GeneratorConfig, WatermarkGenerator
+    from genwm.models import Detector, GeneratorConfig, WatermarkGenerator
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    generator = WatermarkGenerator(GeneratorConfig(n_bits=16, tile=8, channels=8, canonical_size=64))
     save_checkpoint(
         path,
-        generator=WatermarkGenerator(GeneratorConfig(n_bits=16, tile=8, channels=8, canonical_size=64)),
-        detector=Detector(DetectorConfig(n_bits=16, width=16, canonical_size=64, max_side=128)),
+        generator=generator,
+        detector=Detector.for_generator(generator, width=8, max_side=128),
         metadata={"perceptual": "lpips-alex-random", "purpose": "tests"},
     )
     return path

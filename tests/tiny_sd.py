@@ -13,25 +13,14 @@ import torch
 VOCAB_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 
 
-def _byte_alphabet() -> list[str]:
-    """CLIP's byte-to-unicode map: every byte gets a printable character (GPT-2's trick)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 def tiny_tokenizer(model_max_length: int = 32):
     """A real CLIPTokenizer whose BPE vocab is just the byte alphabet (no merges): every word
     becomes its characters, the last one with CLIP's '</w>' suffix. Added tokens (TI) work."""
     from transformers import CLIPTokenizer
 
-    chars = _byte_alphabet()
+    from genwm.mini.model import byte_alphabet
+
+    chars = byte_alphabet()
     vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + list(VOCAB_SPECIALS))}
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
@@ -126,10 +115,10 @@ def make_subject_images(path, n: int = 4, size: int = 24, seed: int = 0) -> Path
 def save_tiny_phase1(path, canonical_size: int = 16, n_bits: int = 16, seed: int = 0) -> Path:
     """A random phase-1 checkpoint (generator and detector) sized for tiny images."""
     from genwm.checkpoint import save_checkpoint
-    from genwm.models import Detector, DetectorConfig, GeneratorConfig, WatermarkGenerator
+    from genwm.models import Detector, GeneratorConfig, WatermarkGenerator
 
     torch.manual_seed(seed)
     g = WatermarkGenerator(GeneratorConfig(n_bits=n_bits, tile=8, channels=16, max_rms=0.03, canonical_size=canonical_size))
-    d = Detector(DetectorConfig(n_bits=n_bits, width=16, canonical_size=canonical_size))
+    d = Detector.for_generator(g, width=8)
     save_checkpoint(path, generator=g, detector=d, metadata={"phase": 1, "note": "random weights for tests"})
     return Path(path)
