@@ -19,7 +19,9 @@ def save_checkpoint(path, generator: WatermarkGenerator | None = None, detector:
     for name, model in (("generator", generator), ("detector", detector)):
         config[name] = model.config.to_dict() if model is not None else None
         if model is not None:
-            tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+            # clone: in phase 1 the detector's template *is* the generator, and safetensors
+            # stores no tensor twice
+            tensors.update({f"{name}.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()})
     config["metadata"] = metadata or {}
     with atomic.atomic_path(path / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})

@@ -1,0 +1,214 @@
+"""Phase 1 and the models: keyed marks, any resolution, a short joint training run that
+learns, checkpoints, calibration, and LPIPS's offline behaviour."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import smooth_photo
+from PIL import Image
+
+from genwm.checkpoint import load_checkpoint, save_checkpoint
+from genwm.keys import key_bits, key_fingerprint
+from genwm.models import Detector, GeneratorConfig, WatermarkGenerator
+from genwm.watermarker import Watermarker
+
+
+def test_key_bits_are_deterministic_and_keys_differ():
+    assert torch.equal(key_bits("alice", 64), key_bits("alice", 64))
+    assert not torch.equal(key_bits("alice", 64), key_bits("bob", 64))
+    assert set(key_bits("alice", 64).tolist()) == {-1.0, 1.0}
+    assert key_fingerprint("alice") != key_fingerprint("bob") and "alice" not in key_fingerprint("alice")
+    with pytest.raises(ValueError):
+        key_bits("", 64)
+
+
+def test_same_key_same_mark_other_key_other_mark(tiny_checkpoint):
+    a, b = Watermarker.from_pretrained(tiny_checkpoint), Watermarker.from_pretrained(tiny_checkpoint)
+    pa, pb = a.pattern(80, 100, "alice"), b.pattern(80, 100, "alice")
+    assert np.array_equal(pa, pb)
+    other = a.pattern(80, 100, "bob")
+    assert np.abs(pa - other).mean() > 0.1 * np.abs(pa).mean()
+
+
+def test_mark_energy_is_fixed_by_max_rms():
+    g = WatermarkGenerator(GeneratorConfig(n_bits=16, tile=8, channels=8, max_rms=0.01))
+    tiles = g(key_bits("k", 16)[None])
+    assert tiles.pow(2).mean().sqrt().item() == pytest.approx(0.01, rel=1e-4)
+    assert tiles.mean(dim=(2, 3)).abs().max().item() < 1e-6  # no brightness shift
+
+
+def test_large_photo_is_marked_at_full_resolution(tiny_checkpoint):
+    """A 4000 x 3000 photo keeps its size; the mark is drawn at the photo's resolution, and
+    the photo's own pixels are never resampled (the output minus the mark is the input)."""
+    wm = Watermarker.from_pretrained(tiny_checkpoint, key="k")
+    photo = Image.fromarray(smooth_photo(3000, 4000, seed=1))
+    out = wm.watermark(photo)
+    assert out.size == (4000, 3000) and out.mode == "RGB"
+    diff = np.asarray(out, dtype=np.float32) - np.asarray(photo, dtype=np.float32)
+    pattern = wm.pattern(3000, 4000) * 255
+    assert np.abs(diff - pattern).max() <= 0.5 + 1e-3  # rounding only: no clipping on this photo
+    # The mark covers the whole photo, not a corner of it.
+    for block in (diff[:500, :500], diff[-500:, -500:]):
+        assert np.abs(block).mean() > 0.1
+
+
+def test_detector_scores_any_size_and_rejects_too_small(tiny_checkpoint):
+    detector = Detector.from_pretrained(tiny_checkpoint)
+    bits = key_bits("k", detector.config.n_bits)[None]
+    for h, w in ((16, 16), (37, 91), (200, 64)):
+        logit = detector.logit(torch.rand(1, 3, h, w), bits)
+        assert logit.shape == (1,) and torch.isfinite(logit).all()
+    with pytest.raises(ValueError, match="smaller than one period"):
+        detector.logit(torch.rand(1, 3, 3, 3), bits)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tiny_checkpoint, tmp_path):
+    g, d, config = load_checkpoint(tiny_checkpoint)
+    save_checkpoint(tmp_path / "copy", generator=g, detector=d, metadata=config["metadata"])
+    g2, d2, config2 = load_checkpoint(tmp_path / "copy")
+    bits = key_bits("k", g.config.n_bits)[None]
+    x = torch.rand(2, 3, 40, 40)
+    assert torch.equal(g(bits), g2(bits))
+    assert torch.equal(d.logit(x, bits), d2.logit(x, bits))
+    assert config2["metadata"] == config["metadata"] and config2["detector"] == config["detector"]
+    # safetensors only: nothing in the folder is a pickle
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_missing_lpips_backbone_names_the_file_and_where_to_put_it(tmp_path):
+    from genwm.perceptual import load_perceptual
+
+    missing = tmp_path / "nothing.pth"
+    with pytest.raises(FileNotFoundError) as e:
+        load_perceptual("lpips-alex", backbone_path=str(missing))
+    message = str(e.value)
+    assert "alexnet-owt-7be5be79.pth" in message and str(missing) in message and "checkpoints" in message
+    with pytest.raises(ValueError, match="unknown perceptual backend"):
+        load_perceptual("alexnet-please")
+
+
+def test_effnet_perceptual_distance_orders_distortions():
+    from genwm.perceptual import load_perceptual
+
+    p = load_perceptual("effnet-lite0")
+    x = torch.from_numpy(smooth_photo(64, 64, seed=2)).permute(2, 0, 1)[None].float() / 255
+    torch.manual_seed(0)
+    small = p(x, (x + 0.005 * torch.randn_like(x)).clamp(0, 1)).item()
+    large = p(x, (x + 0.05 * torch.randn_like(x)).clamp(0, 1)).item()
+    assert p(x, x).item() == pytest.approx(0, abs=1e-6)
+    assert 0 < small < large
+
+
+# ---- a short phase-1 run -------------------------------------------------------------------------
+
+
+def write_photos(folder: Path, n: int, size: int, seed: int) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(smooth_photo(size, size, seed=seed + i)).save(folder / f"{i:02d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def phase1_run(tmp_path_factory):
+    from genwm.pretrain import load_pretrain_config, pretrain
+
+    root = tmp_path_factory.mktemp("phase1")
+    train = write_photos(root / "train", 12, 64, seed=0)
+    calib = write_photos(root / "calib", 6, 64, seed=100)
+    config = load_pretrain_config(
+        None,
+        out=str(root / "ckpt"),
+        run_dir=str(root / "run"),
+        data={"train_dirs": [str(train)], "val_dirs": [str(calib)], "crop": 32, "batch_size": 8, "steps_per_epoch": 25, "val_crops": 32},
+        model={
+            "generator": {"n_bits": 16, "tile": 8, "channels": 8, "max_rms": 0.03, "canonical_size": 64},
+            "detector": {"width": 8, "scale_range": [0.8, 1.25], "scale_step": 1.1},
+            "perceptual": "lpips-alex-random",
+            "budget": 0.5,
+            "lr_d": 3e-3,
+            "lr_g": 1e-3,
+            "detector_warmup": 10,
+            "channel_ramp": 0,
+        },
+        trainer={"max_epochs": 3, "accelerator": "cpu"},
+        calibration={"n_keys": 4},
+    )
+    metadata = pretrain(config, progress=False)
+    return root, config, metadata
+
+
+def held_out_auc(checkpoint) -> float:
+    """ROC AUC of the key's marked vs clean copies of photos no phase-1 step saw."""
+    from sklearn.metrics import roc_auc_score
+
+    wm, detector = Watermarker.from_pretrained(checkpoint), Detector.from_pretrained(checkpoint)
+    photos = [Image.fromarray(smooth_photo(64, 64, seed=900 + i)) for i in range(12)]
+    own = detector.logits([wm.watermark(p, "carol") for p in photos], "carol")
+    clean = detector.logits(photos, "carol")
+    return roc_auc_score([1] * len(own) + [0] * len(clean), np.r_[own, clean])
+
+
+def test_short_phase1_run_raises_detection_accuracy(phase1_run, tmp_path):
+    import csv
+
+    from genwm.pretrain import WatermarkPretraining
+
+    root, config, metadata = phase1_run
+    torch.manual_seed(config["seed"])
+    untrained = WatermarkPretraining(**config["model"])
+    save_checkpoint(tmp_path / "untrained", generator=untrained.generator, detector=untrained.detector)
+    before, after = held_out_auc(tmp_path / "untrained"), held_out_auc(root / "ckpt")
+    assert after > 0.95 and after > before + 0.2
+    rows = list(csv.DictReader(open(next((root / "run" / "logs").rglob("metrics.csv")))))
+    val = [float(r["val/auc_clean"]) for r in rows if r.get("val/auc_clean")]
+    assert len(val) == 3 and metadata["validation"]["val/auc_clean"] == pytest.approx(val[-1])
+    assert metadata["perceptual"] == "lpips-alex-random" and "warning" in metadata
+
+
+def test_trained_detector_tells_marks_keys_and_clean_apart(phase1_run, tmp_path):
+    root, _, _ = phase1_run
+    wm = Watermarker.from_pretrained(root / "ckpt")
+    detector = Detector.from_pretrained(root / "ckpt")
+    photos = [Image.fromarray(smooth_photo(64, 64, seed=500 + i)) for i in range(8)]
+    marked = [wm.watermark(p, "alice") for p in photos]
+    own = detector.logits(marked, "alice")
+    clean = detector.logits(photos, "alice")
+    other = detector.logits(marked, "bob")
+    assert own.mean() > clean.mean() + 1 and own.mean() > other.mean() + 1
+    assert (own > max(clean.max(), other.max())).mean() >= 0.75
+
+
+def test_pretrain_writes_checkpoint_calibration_and_resumes(phase1_run):
+    from genwm.pretrain import pretrain
+
+    root, config, metadata = phase1_run
+    saved = json.loads((root / "ckpt" / "config.json").read_text())
+    assert saved["metadata"]["steps"] == metadata["steps"] and saved["generator"]["tile"] == 8
+    cal = json.loads((root / "ckpt" / "calibration.json").read_text())
+    assert len(cal["null_logits"]) == 6 * 4 * len(cal["attacks"]) and 0 < cal["fpr_at_threshold"] < 0.1
+    assert (root / "run" / "checkpoints" / "last.ckpt").is_file()
+    with pytest.raises(ValueError, match="--resume"):
+        pretrain(config, progress=False)
+    resumed = pretrain({**config, "trainer": {**config["trainer"], "max_epochs": 4}}, resume=True, progress=False)
+    assert resumed["epochs"] == 4 and resumed["steps"] > metadata["steps"]
+
+
+def test_cli_calibrate_then_scan_verdict(phase1_run, tmp_path, capsys):
+    import shutil
+
+    from genwm.cli import main
+
+    root, _, _ = phase1_run
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(root / "ckpt", ckpt)
+    (ckpt / "calibration.json").unlink()
+    assert main(["calibrate", str(ckpt), "--images", str(root / "calib"), "--n-keys", "4", "--quiet"]) == 0
+    assert (ckpt / "calibration.json").is_file()
+    photos = write_photos(tmp_path / "photos", 6, 64, seed=700)
+    assert main(["watermark", str(photos), "--out", str(tmp_path / "marked"), "--key", "alice", "--checkpoint", str(ckpt), "--no-metrics"]) == 0
+    assert main(["scan", str(tmp_path / "marked"), "--key", "alice", "--detector", str(ckpt)]) == 1  # detected
+    assert main(["scan", str(photos), "--key", "alice", "--detector", str(ckpt)]) == 0  # clean photos
+    assert main(["scan", str(tmp_path / "marked"), "--key", "bob", "--detector", str(ckpt)]) == 0  # another key
