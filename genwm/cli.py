@@ -5,7 +5,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from genwm import __version__
-    from genwm.commands import files, personalize, train
+    from genwm.commands import demo, files, personalize, train
 
     parser = argparse.ArgumentParser(prog="genwm", description=__doc__)
     parser.add_argument("--version", action="version", version=f"genwm {__version__}")
@@ -13,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     files.register(sub)
     train.register(sub)
     personalize.register(sub)
+    demo.register(sub)
     return parser
 
 

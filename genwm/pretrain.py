@@ -204,7 +204,8 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
     trainer = pl.Trainer(
         default_root_dir=run_dir,
         logger=CSVLogger(run_dir, name="logs"),
-        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)],
+        # every epoch, the newest kept: an interrupted run resumes from its last epoch
+        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1, every_n_epochs=1)],
         enable_progress_bar=progress,
         enable_model_summary=progress,
         log_every_n_steps=10,

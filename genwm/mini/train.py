@@ -174,9 +174,12 @@ def encode_latents(vae, images: np.ndarray, scaling: float, batch: int = 256) ->
 
 def pretrain_mini(config: MiniTrainConfig, tokenizer_dir, out, work) -> dict:
     """All three stages; writes a StableDiffusionPipeline folder to `out`. -> training record."""
+    import time
+
     from genwm import atomic
     from genwm.personalize.common import atomic_dir
 
+    start = time.time()
     work, out = Path(work), Path(out)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     mc = config.model
@@ -217,6 +220,7 @@ def pretrain_mini(config: MiniTrainConfig, tokenizer_dir, out, work) -> dict:
         "n_images": len(images),
         "parameters": {name: sum(p.numel() for p in m.parameters()) for name, m in (("vae", vae), ("text_encoder", text_encoder), ("unet", unet))},
         "torch_version": torch.__version__,
+        "wall_seconds": round(time.time() - start),
     }
     with atomic_dir(out, overwrite=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
