@@ -83,3 +83,15 @@ def test_pretrain_mini_writes_a_pipeline_that_reloads_and_generates(tmp_path):
     assert pipe.vae.config.scaling_factor == pytest.approx(record["latent_scaling_factor"])
     image = pipe("a photo of a toy", num_inference_steps=2, height=16, width=16, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (16, 16)
+
+
+def test_shipped_mini_model_speaks_clips_vocabulary():
+    """The shipped model's tokenizer is CLIP's own BPE: the ids CLIP gives."""
+    from pathlib import Path
+
+    from transformers import CLIPTokenizer
+
+    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "genwm-mini-sd"
+    tok = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    assert len(tok) == 49408 and tok.model_max_length == 77
+    assert tok("a photo of sks person").input_ids == [49406, 320, 1125, 539, 48136, 2533, 49407]

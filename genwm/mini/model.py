@@ -19,9 +19,9 @@ CLIP_MERGES = 48894  # lines 1..48894 of bpe_simple_vocab_16e6.txt are the merge
 @dataclass
 class MiniConfig:
     resolution: int = 64
-    vae_channels: tuple = (32, 64, 64)  # three blocks: latents are resolution / 4
+    vae_channels: tuple = (16, 32, 32)  # three blocks: latents are resolution / 4
     latent_channels: int = 4
-    unet_channels: tuple = (64, 128, 128)
+    unet_channels: tuple = (32, 64, 64)
     unet_layers_per_block: int = 1
     attention_head_dim: int = 8
     text_hidden: int = 64

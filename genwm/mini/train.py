@@ -31,7 +31,7 @@ class MiniTrainConfig:
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 6000
+    unet_steps: int = 3500
     unet_batch_size: int = 32
     unet_lr: float = 5e-4
     caption_dropout: float = 0.1

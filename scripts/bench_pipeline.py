@@ -1,0 +1,184 @@
+"""Benchmark: GenWatermark end to end in the mini world, over several held-out subjects.
+
+    python scripts/bench_pipeline.py --subjects 0 1 2 3 4 --out runs/bench-pipeline \
+        --table docs/results/bench_pipeline
+
+For each subject, in one work folder per variant:
+- "genwm": `genwm demo` (configs/demo.yaml): phase-1 detector alone and after phase 2, matched
+  (known) and unknown method and prompts, the no-watermark control, sets of 8, image quality;
+- "genwm-partial": the same with 1/4 of the subject's photos watermarked;
+- "dwtDct", "rivaGan": invisible-watermark's marks (a 32-bit message from the key) through the
+  same personalization and synthesis; scored by the fraction of the message their decoder
+  recovers from each generated image (they have no phase 2).
+Models trained on the clean photos do not depend on the variant: every variant links the
+"genwm" run's clean models and images instead of training them again.
+"""
+import argparse
+import hashlib
+import json
+import os
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+from genwm import atomic
+from genwm.demo import DEFAULT_CONFIG, load_demo_config, protect_config_for, run_demo, write_subject
+
+BASELINES = ("dwtDct", "rivaGan")
+
+
+class BaselineWatermarker:
+    """invisible-watermark behind genwm.protect's watermarker interface."""
+
+    def __init__(self, method: str):
+        from imwatermark import WatermarkDecoder, WatermarkEncoder
+
+        self.method, self.strength = method, 1.0
+        self.config = {"generator": {"invisible-watermark": method}}
+        if method == "rivaGan":
+            WatermarkEncoder.loadModel()
+            WatermarkDecoder.loadModel()
+        self.encoder, self.decoder = WatermarkEncoder(), WatermarkDecoder("bits", 32)
+
+    @staticmethod
+    def message(key: str) -> list[int]:
+        digest = hashlib.sha256(key.encode()).digest()
+        return [(digest[i // 8] >> (i % 8)) & 1 for i in range(32)]
+
+    def watermark(self, img, key):
+        from PIL import Image
+
+        self.encoder.set_watermark("bits", self.message(key))
+        bgr = np.ascontiguousarray(np.asarray(img.convert("RGB"))[..., ::-1])
+        return Image.fromarray(np.ascontiguousarray(self.encoder.encode(bgr, self.method)[..., ::-1]))
+
+    def score(self, path, key) -> float:
+        from PIL import Image
+
+        bgr = np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB"))[..., ::-1])
+        try:
+            bits = np.asarray(self.decoder.decode(bgr, self.method), dtype=int)
+        except Exception:
+            return 0.0
+        return float(np.mean(bits == np.asarray(self.message(key))))
+
+
+def link_clean(source_work: Path, work: Path) -> None:
+    """Share the clean-photo models and images of another run of the same subject."""
+    for kind in ("models", "images"):
+        (work / kind).mkdir(parents=True, exist_ok=True)
+        for d in sorted((source_work / kind).glob("*-clean-*")) + sorted((source_work / kind).glob("class_images-*")):
+            target = work / kind / d.name
+            if not target.exists():
+                os.symlink(d.resolve(), target)
+
+
+def baseline_run(method: str, subject: int, demo: dict, config_path, work: Path, key: str, progress: bool) -> dict:
+    """Watermark with the baseline, personalize (known test seeds only), decode from S and S_w."""
+    from genwm.demo import pair_quality
+    from genwm.evaluate import detection_metrics
+    from genwm.protect import SIDES, generated_images, watermark_subject
+
+    config = protect_config_for(config_path, subject, {"progress": progress, "prompts": demo["prompts"]})
+    photos = write_subject(subject, demo.get("n_subject_images", 8), work.parent / "photos", demo.get("resolution", 64))
+    wm = BaselineWatermarker(method)
+    record = watermark_subject(photos, work / "subject", wm, key, config.fraction, config.watermark_seed, progress)
+    marked = [im["file"] for im in record["images"] if im["watermarked"]]
+    quality = pair_quality((work / "subject" / "clean" / f, work / "subject" / "watermarked" / f) for f in marked)
+    subject_bits = np.mean([wm.score(work / "subject" / "watermarked" / f, key) for f in marked])
+    scores = {side: [] for side in SIDES}
+    for m in config.methods:
+        for s in config.seeds:
+            for side in SIDES:
+                folder = generated_images(work, demo["model"], config, m, side, s + 1000, Path(demo["prompts"]), "seen")
+                scores[side] += [wm.score(p, key) for p in sorted(folder.glob("*.png"))]
+    metrics = detection_metrics(np.array(scores["clean"]) - 0.5, np.array(scores["watermarked"]) - 0.5)
+    return {"method": method, "subject_psnr": quality["psnr"], "subject_ssim": quality["ssim"], "bit_accuracy_on_subject": float(subject_bits),
+            "bit_accuracy_generated": {side: float(np.mean(v)) for side, v in scores.items()},
+            "known": {k: metrics[k] for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr", "n_clean", "n_watermarked")}}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean and min over subjects of each number."""
+    out = {}
+    for key in rows[0]:
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if values and all(isinstance(v, (int, float)) for v in values):
+            out[key] = {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values)), "n": len(values)}
+    return out
+
+
+def flat(report: dict) -> dict:
+    r, q = report["results"], report["quality"]
+    row = {}
+    for name in ("phase1_only_known", "known", "unknown", "control"):
+        for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr"):
+            if name in r:
+                row[f"{name}.{k}"] = r[name][k]
+    for name in ("known", "unknown"):
+        if name in r:
+            row[f"{name}.sets8_tpr"] = r[name]["sets"]["tpr"]
+            row[f"{name}.sets8_fpr"] = r[name]["sets"]["fpr"]
+    row["control.passed"] = float(r["control"]["passed"]) if "control" in r else None
+    row["subject_psnr"] = q["subject_watermarked_vs_clean"]["psnr"]
+    row["subject_ssim"] = q["subject_watermarked_vs_clean"]["ssim"]
+    row["generated_wm_vs_clean_psnr"] = float(np.mean([x["psnr"] for x in q["generated_watermarked_model_vs_clean_model"]]))
+    row["generated_clean_vs_clean_other_seed_psnr"] = q["generated_clean_model_vs_clean_model_other_seed"]["psnr"]
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subjects", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--variants", nargs="+", default=["genwm", "genwm-partial", *BASELINES])
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG))
+    ap.add_argument("--out", default="runs/bench-pipeline")
+    ap.add_argument("--table", default="docs/results/bench_pipeline")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    demo = load_demo_config(args.config)
+    key = demo.get("key", "genwm-demo-key")
+    out = Path(args.out)
+    results = {v: [] for v in args.variants}
+    started = time.time()
+    for subject in args.subjects:
+        base = out / f"subject{subject:02d}"
+        for variant in args.variants:
+            t = time.time()
+            work = base / variant
+            if variant != "genwm":
+                link_clean(base / "genwm" / "work", work / "work" if variant.startswith("genwm") else work)
+            if variant.startswith("genwm"):
+                report = run_demo(work, args.config, subject_index=subject, fraction=0.25 if variant == "genwm-partial" else None, key=key, progress=not args.quiet)
+                row = flat(report)
+            else:
+                row = baseline_run(variant, subject, demo, args.config, work, key, not args.quiet)
+            row.update(subject=subject, seconds=round(time.time() - t))
+            results[variant].append(row)
+            print(json.dumps({"variant": variant, **row}), flush=True)
+            record = {
+                "command": "python scripts/bench_pipeline.py " + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "quiet"),
+                "date": date.today().isoformat(),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                "seconds": round(time.time() - started),
+                "per_subject": results,
+                "summary": {v: summarize([_numbers(r) for r in rows]) for v, rows in results.items() if rows},
+            }
+            atomic.write_json(Path(args.table) / "results.json", record)
+
+
+def _numbers(row: dict) -> dict:
+    flat_row = {}
+    for k, v in row.items():
+        if isinstance(v, dict):
+            flat_row.update({f"{k}.{kk}": vv for kk, vv in v.items() if isinstance(vv, (int, float))})
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            flat_row[k] = v
+    return flat_row
+
+
+if __name__ == "__main__":
+    main()
