@@ -8,17 +8,16 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
+from genwm.images import find_images
 
 
 def list_images(folders) -> list[Path]:
-    files = []
-    for folder in [folders] if isinstance(folders, (str, Path)) else folders:
-        folder = Path(folder)
+    """Every photo under the folders, recursively (genwm.images.find_images' rules)."""
+    folders = [Path(folders)] if isinstance(folders, (str, Path)) else [Path(f) for f in folders]
+    for folder in folders:
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: image folder does not exist")
-        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
-    return files
+    return [path for path, _ in find_images(folders)]
 
 
 def load_canonical(path: Path, short_side: int) -> torch.Tensor:
