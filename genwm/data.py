@@ -43,7 +43,8 @@ class CropDataset(Dataset):
         return self.length
 
     def __getitem__(self, i):
-        rng = random.Random(None if self.train else self.seed * 100003 + i)
+        # training crops follow the global RNG (seeded by the run's seed); validation's are fixed
+        rng = random if self.train else random.Random(self.seed * 100003 + i)
         img = self.images[rng.randrange(len(self.images))]
         h, w = img.shape[-2:]
         top, left = rng.randint(0, h - self.crop), rng.randint(0, w - self.crop)

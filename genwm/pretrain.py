@@ -120,15 +120,18 @@ class WatermarkPretraining(pl.LightningModule):
             by[name][0].append(a)
             by[name][1].append(b)
         self._val = []
+        aucs = []
         for name, (a, b) in by.items():
             a, b = torch.cat(a), torch.cat(b)
             if name == "perceptual":
                 self.log_dict({"val/perceptual": a.mean(), "val/psnr": b.mean()})
                 continue
             labels = [1] * len(a) + [0] * len(b)
-            scores = torch.cat([a, b]).numpy()
-            self.log_dict({f"val/auc_{name}": float(roc_auc_score(labels, scores)),
+            aucs.append(float(roc_auc_score(labels, torch.cat([a, b]).numpy())))
+            self.log_dict({f"val/auc_{name}": aucs[-1],
                            f"val/acc_{name}": ((a > 0).float().mean() + (b <= 0).float().mean()).item() / 2})
+        # What selects the exported epoch: G/D training is adversarial and not monotone.
+        self.log("val/score", sum(aucs) / len(aucs))
 
 
 # ---- the run: config file -> Lightning trainer -> genwm checkpoint -------------------------------
@@ -204,8 +207,9 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
     trainer = pl.Trainer(
         default_root_dir=run_dir,
         logger=CSVLogger(run_dir, name="logs"),
-        # every epoch, the newest kept: an interrupted run resumes from its last epoch
-        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1, every_n_epochs=1)],
+        # last.ckpt every epoch (an interrupted run resumes from it) and the epoch with the best
+        # mean validation AUC (clean, JPEG 75, resize 0.5), which is the one exported
+        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1, monitor="val/score", mode="max")],
         enable_progress_bar=progress,
         enable_model_summary=progress,
         log_every_n_steps=10,
@@ -213,7 +217,10 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
     )
     trainer.fit(model, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
 
-    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    best = trainer.checkpoint_callback.best_model_path
+    selected = torch.load(best, map_location="cpu", weights_only=True)
+    model.load_state_dict(selected["state_dict"])
+    final = {k: float(v) for k, v in trainer.validate(model, datamodule=data, verbose=False)[0].items()}
     metadata = {
         "phase": 1,
         "perceptual": model.hparams.perceptual,
@@ -224,6 +231,7 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
         "train_images": len(data.train_set.images),
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
+        "selected_epoch": selected["epoch"],
         "seed": config["seed"],
         "validation": final,
         "torch_version": torch.__version__,

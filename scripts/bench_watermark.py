@@ -9,7 +9,7 @@ the baselines), the photo is marked; marked and clean copies then go through eac
 Scores: genwm's detector logit for the key; for the baselines, the fraction of the message's
 bits their decoder recovers. Positives are marked copies, negatives the clean copies scored
 for the same key. Detection ROC AUC and TPR at 1% FPR come from sklearn. Quality is PSNR and
-SSIM of marked vs clean (and LPIPS with AlexNet where its weights are present); speed is
+SSIM of marked vs clean, the effnet-lite0 perceptual distance (and LPIPS with AlexNet where its weights are present); speed is
 embedding throughput in megapixels per second on this machine, one image at a time.
 """
 import argparse
@@ -125,21 +125,22 @@ class InvisibleWatermark:
         return np.array([np.mean(bits == np.asarray(k)) for k in keys])
 
 
-def quality(a: Image.Image, b: Image.Image, lpips_model) -> dict:
+def quality(a: Image.Image, b: Image.Image, perceptual: dict) -> dict:
+    """PSNR, SSIM, and each perceptual distance in `perceptual` (name -> model)."""
+    import torch
+
     from genwm.perceptual import psnr, ssim
 
     x, y = np.asarray(a), np.asarray(b)
     out = {"psnr": psnr(x, y), "ssim": ssim(x, y)}
-    if lpips_model is not None:
-        import torch
-
-        t = lambda im: torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    t = lambda im: torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    for name, model in perceptual.items():
         with torch.no_grad():
-            out["lpips"] = float(lpips_model(t(a), t(b)).reshape(-1)[0])
+            out[name] = float(model(t(a), t(b)).reshape(-1)[0])
     return out
 
 
-def run(method, photos, n_keys: int, seed: int, lpips_model, progress: bool) -> dict:
+def run(method, photos, n_keys: int, seed: int, perceptual: dict, progress: bool) -> dict:
     from tqdm import tqdm
 
     rng = np.random.default_rng(seed)
@@ -156,7 +157,7 @@ def run(method, photos, n_keys: int, seed: int, lpips_model, progress: bool) -> 
             embed_seconds += time.perf_counter() - t
             megapixels += img.width * img.height / 1e6
             if i == 0:
-                q.append(quality(img, marked, lpips_model))
+                q.append(quality(img, marked, perceptual))
             for a in ATTACKS:
                 pos[a].append(method.scores(attack(marked, a, rng), [key])[0])
     result = {"method": method.name, "n_photos": len(photos), "n_keys": n_keys, "mp_per_s": megapixels / embed_seconds}
@@ -201,10 +202,11 @@ def example_png(method: Genwm, photos, path: Path) -> None:
 
 
 def markdown(results, separation, args) -> str:
-    head = "| method | PSNR dB | SSIM | " + ("LPIPS | " if "lpips" in results[0] else "") + "MP/s | " + " | ".join(f"AUC {a}" for a in ATTACKS) + " |"
+    extra = [k for k in ("lpips", "effnet") if k in results[0]]
+    head = "| method | PSNR dB | SSIM | " + "".join(f"{k} | " for k in extra) + "MP/s | " + " | ".join(f"AUC {a}" for a in ATTACKS) + " |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
-        cells = [r["method"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}"] + ([f"{r['lpips']:.4f}"] if "lpips" in r else []) + [f"{r['mp_per_s']:.2f}"]
+        cells = [r["method"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}"] + [f"{r[k]:.4f}" for k in extra] + [f"{r['mp_per_s']:.2f}"]
         cells += [f"{r['detection'][a]['auc']:.4f}" for a in ATTACKS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "TPR at 1% FPR:", "", "| method | " + " | ".join(ATTACKS) + " |", "|" + "---|" * (len(ATTACKS) + 1)]
@@ -230,14 +232,18 @@ def main():
 
     from genwm.perceptual import load_perceptual, real_lpips_available
 
-    lpips_model = load_perceptual("lpips-alex") if real_lpips_available() else None
+    # effnet-lite0 is genwm's offline perceptual distance (the budget's); LPIPS-AlexNet joins
+    # it wherever its weights are present.
+    perceptual = {"effnet": load_perceptual("effnet-lite0")}
+    if real_lpips_available():
+        perceptual["lpips"] = load_perceptual("lpips-alex")
     photos = load_photos(args.photos)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, separation = [], None
     for name in args.methods:
         method = Genwm(args.checkpoint) if name == "genwm" else InvisibleWatermark(name)
-        results.append(run(method, photos, args.keys, args.seed, lpips_model, not args.quiet))
+        results.append(run(method, photos, args.keys, args.seed, perceptual, not args.quiet))
         if name == "genwm":
             separation = key_separation(method, photos, args.keys)
             example_png(method, photos, out / "example.png")
@@ -246,7 +252,7 @@ def main():
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, {platform.python_version()}",
         "photos": [n for n, _ in photos],
-        "lpips": "alexnet" if lpips_model is not None else "unavailable (no AlexNet weights on this machine)",
+        "lpips": "alexnet" if "lpips" in perceptual else "unavailable (no AlexNet weights on this machine)",
         "results": results,
         "key_separation": separation,
     }

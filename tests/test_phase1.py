@@ -163,8 +163,11 @@ def test_short_phase1_run_raises_detection_accuracy(phase1_run, tmp_path):
     before, after = held_out_auc(tmp_path / "untrained"), held_out_auc(root / "ckpt")
     assert after > 0.95 and after > before + 0.2
     rows = list(csv.DictReader(open(next((root / "run" / "logs").rglob("metrics.csv")))))
-    val = [float(r["val/auc_clean"]) for r in rows if r.get("val/auc_clean")]
-    assert len(val) == 3 and metadata["validation"]["val/auc_clean"] == pytest.approx(val[-1])
+    # three epochs' validations, then the exported (best) epoch's again
+    scores = [float(r["val/score"]) for r in rows if r.get("val/score")]
+    assert len(scores) == 4 and scores[3] == pytest.approx(max(scores[:3]), abs=1e-6)
+    assert metadata["validation"]["val/score"] == pytest.approx(max(scores[:3]), abs=1e-6)
+    assert metadata["selected_epoch"] == int(np.argmax(scores[:3]))
     assert metadata["perceptual"] == "lpips-alex-random" and "warning" in metadata
 
 
