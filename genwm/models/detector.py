@@ -35,6 +35,10 @@ class DetectorConfig:
     scale_range: tuple = (0.45, 1.6)  # mark scales searched, relative to canonical
     scale_step: float = 1.05  # ratio between neighbouring scales
     max_side: int = 1024  # longer sides are centre-cropped after scale normalisation
+    # Add a fixed high-pass (image minus its 3x3 blur) to the learned residual: the matched
+    # filter then works from the first step, where small images give a randomly initialised
+    # extractor too little signal to learn from (the mini world's 64 px images).
+    highpass: bool = False
 
     def __post_init__(self):
         self.scale_range = tuple(self.scale_range)
@@ -113,7 +117,10 @@ class Detector(nn.Module):
         pooled evidence [N, K]: how far each template's correlation peaks stand out, in
         standard deviations. The residual and its folds are computed once for all K."""
         t = self.config.tile
-        residual = self.extractor(images * 2 - 1)
+        x = images * 2 - 1
+        residual = self.extractor(x)
+        if self.config.highpass:
+            residual = residual + x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
         spectrum = torch.fft.rfft2(unit(templates, (2, 3, 4))).conj()[:, :, None]  # [N, K, 1, 3, T, T/2+1]
         best = None
         for s in self.config.scales():
