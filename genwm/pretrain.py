@@ -5,6 +5,7 @@ other keys); G learns to make x_w detectable by D after the publishing channel w
 paying alpha * max(LPIPS(x, x_w) - p, 0) when it exceeds the perceptual budget p.
 """
 import random
+import time
 
 import pytorch_lightning as pl
 import torch
@@ -215,6 +216,7 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
         log_every_n_steps=10,
         **config["trainer"],
     )
+    started = time.time()
     trainer.fit(model, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
 
     best = trainer.checkpoint_callback.best_model_path
@@ -232,6 +234,7 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
         "selected_epoch": selected["epoch"],
+        "fit_wall_seconds": round(time.time() - started),  # this call's; a resumed run counts anew
         "seed": config["seed"],
         "validation": final,
         "torch_version": torch.__version__,
