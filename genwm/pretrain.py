@@ -18,6 +18,17 @@ from genwm.models import Detector, DetectorConfig, GeneratorConfig, WatermarkGen
 from genwm.perceptual import load_perceptual
 
 
+def key_overlap(tiles: torch.Tensor) -> torch.Tensor:
+    """Mean squared correlation between different keys' tiles [B, 3, T, T]: what one key's mark
+    gives away to another key's template. Random tiles give about 1 / (3 T^2)."""
+    t = tiles.flatten(1)
+    t = t - t.mean(dim=1, keepdim=True)
+    t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    gram = t @ t.T
+    off = ~torch.eye(len(t), dtype=torch.bool, device=t.device)
+    return gram[off].pow(2).mean()
+
+
 class WatermarkPretraining(pl.LightningModule):
     """G and D, alternating updates. D's template network *is* G (shared weights, updated only
     by G's optimizer): D learns where to look for the mark, G what to draw."""
@@ -25,7 +36,7 @@ class WatermarkPretraining(pl.LightningModule):
     def __init__(self, generator: dict | None = None, detector: dict | None = None, channel: dict | None = None,
                  perceptual: str = "effnet-lite0", lpips_backbone: str | None = None, budget: float = 0.01,
                  budget_weight: float = 10.0, foreign_weight: float = 0.5, lr_g: float = 2e-4, lr_d: float = 1e-3,
-                 detector_warmup: int = 300, channel_ramp: int = 600):
+                 detector_warmup: int = 300, channel_ramp: int = 600, decorrelation_weight: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -98,9 +109,10 @@ class WatermarkPretraining(pl.LightningModule):
             loss_det, _ = self.detection_losses(self.channel(torch.cat([xw, x]), intensity), tiles[:n], tiles[n:])
             dist = self.perceptual(x, xw)
             over_budget = F.relu(dist - hp.budget).mean()
-            loss_g = loss_det + hp.budget_weight * over_budget
+            overlap = key_overlap(tiles)
+            loss_g = loss_det + hp.budget_weight * over_budget + hp.decorrelation_weight * overlap
             self.manual_backward(loss_g)
-            self.log_dict({"g/loss": loss_g, "g/over_budget": over_budget})
+            self.log_dict({"g/loss": loss_g, "g/over_budget": over_budget, "g/key_overlap": overlap})
             self.log("lpips", dist.mean(), prog_bar=True)
         opt_g.step()  # without gradients (warm-up) Adam leaves G as it is
 
@@ -112,6 +124,9 @@ class WatermarkPretraining(pl.LightningModule):
         for name in ("clean", "jpeg75", "resize0.5"):
             attack = ATTACKS[name]
             self._val.append((name, self.detector.logit(attack(xw), bits).cpu(), self.detector.logit(attack(x), bits).cpu()))
+        # the key's own mark vs another key's mark, read with the key: are keys told apart?
+        other = self.generator.embed(x, random_bits(x.shape[0], self.generator.config.n_bits, g).to(x))
+        self._val.append(("other_key", self.detector.logit(xw, bits).cpu(), self.detector.logit(other, bits).cpu()))
         self._val.append(("perceptual", self.perceptual(x, xw).cpu(), 10 * torch.log10(1 / (xw - x).pow(2).mean(dim=(1, 2, 3))).cpu()))
 
     def on_validation_epoch_end(self):
@@ -131,7 +146,8 @@ class WatermarkPretraining(pl.LightningModule):
             aucs.append(float(roc_auc_score(labels, torch.cat([a, b]).numpy())))
             self.log_dict({f"val/auc_{name}": aucs[-1],
                            f"val/acc_{name}": ((a > 0).float().mean() + (b <= 0).float().mean()).item() / 2})
-        # What selects the exported epoch: G/D training is adversarial and not monotone.
+        # What selects the exported epoch (G/D training is adversarial and not monotone):
+        # robustness and key separation alike.
         self.log("val/score", sum(aucs) / len(aucs))
 
 

@@ -233,3 +233,12 @@ def test_cli_calibrate_then_scan_verdict(phase1_run, tmp_path, capsys):
     assert main(["scan", str(tmp_path / "marked"), "--key", "alice", "--detector", str(ckpt)]) == 1  # detected
     assert main(["scan", str(photos), "--key", "alice", "--detector", str(ckpt)]) == 0  # clean photos
     assert main(["scan", str(tmp_path / "marked"), "--key", "bob", "--detector", str(ckpt)]) == 0  # another key
+
+
+def test_key_overlap_is_one_for_equal_tiles_and_small_for_random_ones():
+    from genwm.pretrain import key_overlap
+
+    torch.manual_seed(0)
+    same = torch.randn(1, 3, 16, 16).expand(4, -1, -1, -1)
+    assert key_overlap(same).item() == pytest.approx(1.0, abs=1e-5)
+    assert key_overlap(torch.randn(8, 3, 16, 16)).item() < 5 / (3 * 16 * 16)
