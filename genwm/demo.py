@@ -123,9 +123,8 @@ def example_grid(rows: list[list[Path]], labels: list[str], path: Path, n: int =
 
     tiles = [[Image.open(p).convert("RGB") for p in row[:n]] for row in rows]
     side = max(im.width for row in tiles for im in row)
-    grid = Image.new("RGB", (1, 1))
-    draw = ImageDraw.Draw(grid)
-    label_w = 8 + max(int(draw.textlength(label)) for label in labels)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = 8 + max(int(measure.textlength(label)) for label in labels)
     grid = Image.new("RGB", (label_w + n * (side + 2), len(rows) * (side + 2)), "white")
     draw = ImageDraw.Draw(grid)
     for r, (row, label) in enumerate(zip(tiles, labels)):

@@ -225,7 +225,7 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
         default_root_dir=run_dir,
         logger=CSVLogger(run_dir, name="logs"),
         # last.ckpt every epoch (an interrupted run resumes from it) and the epoch with the best
-        # mean validation AUC (clean, JPEG 75, resize 0.5), which is the one exported
+        # val/score (mean AUC: clean, JPEG 75, resize 0.5, own vs other key), the one exported
         callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1, monitor="val/score", mode="max")],
         enable_progress_bar=progress,
         enable_model_summary=progress,

@@ -8,9 +8,10 @@ For each photo (longer side capped at 768 px) and each of K keys (random 32-bit 
 the baselines), the photo is marked; marked and clean copies then go through each attack.
 Scores: genwm's detector logit for the key; for the baselines, the fraction of the message's
 bits their decoder recovers. Positives are marked copies, negatives the clean copies scored
-for the same key. Detection ROC AUC and TPR at 1% FPR come from sklearn. Quality is PSNR and
-SSIM of marked vs clean, the effnet-lite0 perceptual distance (and LPIPS with AlexNet where its weights are present); speed is
-embedding throughput in megapixels per second on this machine, one image at a time.
+for the same key. Detection ROC AUC and TPR at 1% FPR come from sklearn. Quality is PSNR,
+SSIM and the effnet-lite0 perceptual distance of marked vs clean (and LPIPS with AlexNet where
+its weights are present); speed is embedding throughput in megapixels per second on this
+machine, one image at a time.
 """
 import argparse
 import io
