@@ -94,7 +94,7 @@ def load_protect_config(yaml_path=None, synthesis: dict | None = None, finetune:
             raise ValueError(f"{yaml_path}: expected sections among {', '.join(sorted(known))}")
 
     def merged(section: str, extra: dict | None) -> dict:
-        values = dict(data.get(section) or {}) if section not in other_sections else {}
+        values = dict(data.get(section) or {})
         values.update({k: v for k, v in (extra or {}).items() if v is not None})
         return values
 

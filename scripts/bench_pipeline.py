@@ -14,7 +14,6 @@ Models trained on the clean photos do not depend on the variant: every variant l
 "genwm" run's clean models and images instead of training them again.
 """
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -31,39 +30,23 @@ BASELINES = ("dwtDct", "rivaGan")
 
 
 class BaselineWatermarker:
-    """invisible-watermark behind genwm.protect's watermarker interface."""
+    """invisible-watermark behind genwm.protect's watermarker interface; the key's message is
+    its SHA-256's first 32 bits."""
 
     def __init__(self, method: str):
-        from imwatermark import WatermarkDecoder, WatermarkEncoder
+        from genwm.baselines import InvisibleWatermark
 
-        self.method, self.strength = method, 1.0
+        self.mark = InvisibleWatermark(method)
+        self.strength = 1.0
         self.config = {"generator": {"invisible-watermark": method}}
-        if method == "rivaGan":
-            WatermarkEncoder.loadModel()
-            WatermarkDecoder.loadModel()
-        self.encoder, self.decoder = WatermarkEncoder(), WatermarkDecoder("bits", 32)
-
-    @staticmethod
-    def message(key: str) -> list[int]:
-        digest = hashlib.sha256(key.encode()).digest()
-        return [(digest[i // 8] >> (i % 8)) & 1 for i in range(32)]
 
     def watermark(self, img, key):
-        from PIL import Image
-
-        self.encoder.set_watermark("bits", self.message(key))
-        bgr = np.ascontiguousarray(np.asarray(img.convert("RGB"))[..., ::-1])
-        return Image.fromarray(np.ascontiguousarray(self.encoder.encode(bgr, self.method)[..., ::-1]))
+        return self.mark.embed(img, self.mark.message_for(key))
 
     def score(self, path, key) -> float:
         from PIL import Image
 
-        bgr = np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB"))[..., ::-1])
-        try:
-            bits = np.asarray(self.decoder.decode(bgr, self.method), dtype=int)
-        except Exception:
-            return 0.0
-        return float(np.mean(bits == np.asarray(self.message(key))))
+        return float(self.mark.bit_accuracy(Image.open(path), [self.mark.message_for(key)])[0])
 
 
 def link_clean(source_work: Path, work: Path) -> None:

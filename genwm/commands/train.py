@@ -5,7 +5,6 @@ from pathlib import Path
 
 
 def run_pretrain(args) -> int:
-    from genwm.perceptual import BACKENDS
     from genwm.pretrain import load_pretrain_config, pretrain
 
     config = load_pretrain_config(
@@ -21,10 +20,8 @@ def run_pretrain(args) -> int:
             "trainer.accelerator": args.accelerator,
         },
     )
-    backend = config["model"].get("perceptual", "effnet-lite0")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown perceptual backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "lpips-alex-random":
+    # an unknown backend is refused by genwm.perceptual.load_perceptual, with the list
+    if config["model"].get("perceptual") == "lpips-alex-random":
         print("warning: lpips-alex-random is LPIPS on a random AlexNet: the perceptual budget means little; "
               "the checkpoint records it", file=sys.stderr)
     meta = pretrain(config, resume=args.resume, progress=not args.quiet)
