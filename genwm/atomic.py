@@ -15,10 +15,19 @@ def atomic_path(path, suffix: str | None = None):
     os.close(fd)
     try:
         yield Path(tmp)
+        usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def usual_permissions(path, directory: bool = False) -> None:
+    """Give a temp file or folder the mode a plain new one gets: mkstemp and mkdtemp make them
+    owner-only, and an output nobody else can read is a surprise."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
 def write_bytes(path, data: bytes) -> None:

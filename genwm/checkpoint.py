@@ -9,7 +9,9 @@ from genwm import atomic
 from genwm.models import Detector, DetectorConfig, GeneratorConfig, WatermarkGenerator
 
 FORMAT = "genwm-checkpoint"
-VERSION = 1
+# 2: G is a learned filter over key noise, one key bit per tile pixel (version 1's G mapped 64
+# bits through a network; its weights mean nothing to this code).
+VERSION = 2
 
 
 def save_checkpoint(path, generator: WatermarkGenerator | None = None, detector: Detector | None = None, metadata: dict | None = None):
@@ -36,6 +38,9 @@ def read_config(path) -> dict:
     config = json.loads(cfg_file.read_text())
     if config.get("format") != FORMAT:
         raise ValueError(f"{cfg_file}: not a genwm checkpoint config (format={config.get('format')!r})")
+    if config.get("version") != VERSION:
+        raise ValueError(f"{cfg_file}: checkpoint format version {config.get('version')}, this genwm reads version {VERSION}; "
+                         "retrain it with the current recipe (scripts/train_base.sh, or genwm pretrain / genwm finetune)")
     return config
 
 

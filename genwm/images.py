@@ -441,14 +441,6 @@ def save_like(img: Image.Image, meta: ImageMeta, out_path, jpeg_quality: int | N
             img.save(tmp, format=meta.format, **options)
         except Exception as e:
             raise ImageError(out_path, f"cannot write {meta.format} ({' '.join(str(e).split())})") from None
-        _usual_permissions(tmp)
-
-
-def _usual_permissions(path: Path) -> None:
-    """Give a temp file the permissions a plain new file gets (mkstemp makes it owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _save_options(img: Image.Image, meta: ImageMeta, jpeg_quality: int | None) -> dict:

@@ -43,7 +43,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    generator = WatermarkGenerator(GeneratorConfig(n_bits=16, tile=8, channels=8, canonical_size=64))
+    generator = WatermarkGenerator(GeneratorConfig(tile=8, canonical_size=64))
     save_checkpoint(
         path,
         generator=generator,

@@ -352,6 +352,21 @@ def test_output_gets_the_permissions_of_a_plain_new_file(tmp_path):
     assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
+def test_reports_and_model_folders_get_plain_permissions_too(tmp_path):
+    """JSON reports, checkpoints and personalized-model folders are written through temp files
+    and folders as well; none of them may come out owner-only."""
+    from genwm import atomic
+    from genwm.personalize.common import atomic_dir
+
+    atomic.write_json(tmp_path / "report.json", {"a": 1})
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "weights.bin").write_bytes(b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
 def test_failed_save_leaves_no_file(tmp_path):
     src = tmp_path / "a.jpg"
     Image.fromarray(smooth_photo(16, 16)).save(src)

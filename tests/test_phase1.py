@@ -12,6 +12,7 @@ from PIL import Image
 from genwm.checkpoint import load_checkpoint, save_checkpoint
 from genwm.keys import key_bits, key_fingerprint
 from genwm.models import Detector, GeneratorConfig, WatermarkGenerator
+from genwm.models.generator import lowpass_gain
 from genwm.watermarker import Watermarker
 
 
@@ -33,8 +34,8 @@ def test_same_key_same_mark_other_key_other_mark(tiny_checkpoint):
 
 
 def test_mark_energy_is_fixed_by_max_rms():
-    g = WatermarkGenerator(GeneratorConfig(n_bits=16, tile=8, channels=8, max_rms=0.01))
-    tiles = g(key_bits("k", 16)[None])
+    g = WatermarkGenerator(GeneratorConfig(tile=8, max_rms=0.01))
+    tiles = g(key_bits("k", g.config.n_bits)[None])
     assert tiles.pow(2).mean().sqrt().item() == pytest.approx(0.01, rel=1e-4)
     assert tiles.mean(dim=(2, 3)).abs().max().item() < 1e-6  # no brightness shift
 
@@ -69,9 +70,9 @@ def test_highpass_detector_finds_marks_before_any_training():
     from sklearn.metrics import roc_auc_score
 
     torch.manual_seed(0)
-    g = WatermarkGenerator(GeneratorConfig(n_bits=16, tile=16, channels=8, max_rms=0.011, canonical_size=64))
+    g = WatermarkGenerator(GeneratorConfig(tile=16, max_rms=0.011, canonical_size=64))
     photos = torch.stack([torch.from_numpy(smooth_photo(64, 64, seed=i)).permute(2, 0, 1).float() / 255 for i in range(16)])
-    bits = key_bits("k", 16)[None].expand(16, -1)
+    bits = key_bits("k", g.config.n_bits)[None].expand(16, -1)
     marked = g.embed(photos, bits)
     auc = {}
     for highpass in (False, True):
@@ -79,7 +80,7 @@ def test_highpass_detector_finds_marks_before_any_training():
         with torch.no_grad():
             own, clean = d.logit(marked, bits), d.logit(photos, bits)
         auc[highpass] = roc_auc_score([1] * 16 + [0] * 16, torch.cat([own, clean]).numpy())
-    assert auc[True] > 0.8 and auc[False] < 0.7, auc  # measured: 0.86 and 0.57
+    assert auc[True] > 0.95 and auc[True] >= auc[False], auc  # measured: 1.0 and 0.98
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tiny_checkpoint, tmp_path):
@@ -93,6 +94,21 @@ def test_checkpoint_round_trip_gives_identical_outputs(tiny_checkpoint, tmp_path
     assert config2["metadata"] == config["metadata"] and config2["detector"] == config["detector"]
     # safetensors only: nothing in the folder is a pickle
     assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_checkpoint_of_another_format_version_is_refused_by_name(tiny_checkpoint, tmp_path):
+    """A version-1 checkpoint's G is a different network: loading it must fail with the file
+    and what to do, not with a tensor-shape error from deep inside."""
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_checkpoint, old)
+    config = json.loads((old / "config.json").read_text())
+    config["version"] = 1
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"old/config.json: checkpoint format version 1.*retrain"):
+        load_checkpoint(old)
 
 
 def test_missing_lpips_backbone_names_the_file_and_where_to_put_it(tmp_path):
@@ -142,7 +158,7 @@ def phase1_run(tmp_path_factory):
         run_dir=str(root / "run"),
         data={"train_dirs": [str(train)], "val_dirs": [str(calib)], "crop": 32, "batch_size": 8, "steps_per_epoch": 25, "val_crops": 32},
         model={
-            "generator": {"n_bits": 16, "tile": 8, "channels": 8, "max_rms": 0.03, "canonical_size": 64},
+            "generator": {"tile": 8, "max_rms": 0.03, "canonical_size": 64},
             "detector": {"width": 8, "scale_range": [0.8, 1.25], "scale_step": 1.1},
             "perceptual": "lpips-alex-random",
             "budget": 0.5,
@@ -242,3 +258,40 @@ def test_key_overlap_is_one_for_equal_tiles_and_small_for_random_ones():
     same = torch.randn(1, 3, 16, 16).expand(4, -1, -1, -1)
     assert key_overlap(same).item() == pytest.approx(1.0, abs=1e-5)
     assert key_overlap(torch.randn(8, 3, 16, 16)).item() < 5 / (3 * 16 * 16)
+
+
+def test_lowpass_gain_keeps_the_mark_in_its_band():
+    tiles = WatermarkGenerator(GeneratorConfig(tile=16))
+    with torch.no_grad():
+        tiles.gain.copy_(lowpass_gain(16, 4, floor=0.0))
+        spectrum = torch.fft.fft2(tiles(key_bits("k", 256)[None])[0, 0]).abs()
+    k = (torch.fft.fftfreq(16) * 16).abs()
+    outside = torch.maximum(k[:, None], k[None]) > 4
+    assert spectrum[outside].max().item() < 1e-6 * spectrum.max().item()
+    assert spectrum[~outside].pow(2).sum() > 0.99 * spectrum.pow(2).sum()
+
+
+def test_pretraining_can_start_g_band_limited():
+    from genwm.pretrain import WatermarkPretraining
+
+    model = WatermarkPretraining(generator={"tile": 8, "canonical_size": 64}, perceptual="lpips-alex-random", init_cutoff=2)
+    assert torch.equal(model.generator.gain.detach(), lowpass_gain(8, 2, 0.1))
+    assert model.generator.gain.requires_grad  # a starting point, not a constraint
+
+
+def test_keys_tiles_are_nearly_orthogonal_whatever_the_filter():
+    """Keys' tiles are independent noise through one filter: they stay apart even when the
+    filter keeps only a band of frequencies (what training could drive it to)."""
+    from genwm.keys import random_bits
+    from genwm.pretrain import key_overlap
+
+    torch.manual_seed(0)
+    g = WatermarkGenerator(GeneratorConfig(tile=32))
+    bits = random_bits(16, g.config.n_bits)
+    for gain in (torch.ones(32, 17), lowpass_gain(32, 8)):
+        with torch.no_grad():
+            g.gain.copy_(gain)
+            tiles = g(bits)
+        assert torch.equal(tiles[:, 0], tiles[:, 2])  # grey: the same on R, G and B
+        # mean squared correlation is about 1 / (frequencies kept): 1 / 1024 white, 1 / 289 for k <= 8
+        assert key_overlap(tiles).item() < 2 / gain.count_nonzero().item(), gain.count_nonzero()

@@ -63,7 +63,7 @@ def toy(tmp_path_factory):
     fake_synthesis(sets["test_clean"], "lora", 1000)
     fake_synthesis(sets["test_watermarked"], "lora", 1000)
     torch.manual_seed(0)
-    save_checkpoint(root / "base", detector=Detector(DetectorConfig(template=GeneratorConfig(n_bits=16, tile=8, channels=8, canonical_size=32).to_dict(), width=16)), metadata={"phase": 1})
+    save_checkpoint(root / "base", detector=Detector(DetectorConfig(template=GeneratorConfig(tile=8, canonical_size=32).to_dict(), width=16)), metadata={"phase": 1})
     config = FinetuneConfig(epochs=15, batch_size=16, learning_rate=3e-3, channel=False, progress=False, accelerator="cpu")
     meta = finetune_detector(sets["clean"], sets["watermarked"], root / "base", root / "tuned", KEY, config)
     return root, sets, meta

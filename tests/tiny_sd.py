@@ -112,13 +112,13 @@ def make_subject_images(path, n: int = 4, size: int = 24, seed: int = 0) -> Path
     return path
 
 
-def save_tiny_phase1(path, canonical_size: int = 16, n_bits: int = 16, seed: int = 0) -> Path:
+def save_tiny_phase1(path, canonical_size: int = 16, seed: int = 0) -> Path:
     """A random phase-1 checkpoint (generator and detector) sized for tiny images."""
     from genwm.checkpoint import save_checkpoint
     from genwm.models import Detector, GeneratorConfig, WatermarkGenerator
 
     torch.manual_seed(seed)
-    g = WatermarkGenerator(GeneratorConfig(n_bits=n_bits, tile=8, channels=16, max_rms=0.03, canonical_size=canonical_size))
+    g = WatermarkGenerator(GeneratorConfig(tile=8, max_rms=0.03, canonical_size=canonical_size))
     d = Detector.for_generator(g, width=8)
     save_checkpoint(path, generator=g, detector=d, metadata={"phase": 1, "note": "random weights for tests"})
     return Path(path)

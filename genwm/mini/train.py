@@ -172,6 +172,21 @@ def encode_latents(vae, images: np.ndarray, scaling: float, batch: int = 256) ->
     return torch.cat(means), torch.cat(stds)
 
 
+def train_vae(config: MiniTrainConfig, images: np.ndarray, root: Path, sample_images: np.ndarray | None = None):
+    """Stage 2 alone -> (VAE in eval mode with its latent scaling factor set, that factor,
+    reconstruction PSNR in dB on sample_images; default: the first 512 training images)."""
+    vae = M.build_vae(config.model)
+    vae_module = VAETraining(vae, config.vae_lr, config.kl_weight, config.vae_steps)
+    _trainer(config, config.vae_steps, root).fit(vae_module, datamodule=ArrayDataModule(ImageArray(images), config.vae_batch_size))
+    vae = vae.cpu().eval()
+    sample = torch.from_numpy(images[:512] if sample_images is None else sample_images).permute(0, 3, 1, 2).float() / 255
+    scaling = M.latent_scaling_factor(vae, sample)
+    vae.register_to_config(scaling_factor=scaling)
+    with torch.no_grad():
+        recon = vae.decode(vae.encode(sample * 2 - 1).latent_dist.mean).sample
+    return vae, scaling, float(10 * math.log10(4 / F.mse_loss(recon.clamp(-1, 1), sample * 2 - 1).item()))
+
+
 def pretrain_mini(config: MiniTrainConfig, tokenizer_dir, out, work) -> dict:
     """All three stages; writes a StableDiffusionPipeline folder to `out`. -> training record."""
     import time
@@ -186,17 +201,7 @@ def pretrain_mini(config: MiniTrainConfig, tokenizer_dir, out, work) -> dict:
     tokenizer = M.load_tokenizer(tokenizer_dir, mc.max_length)
     images, captions = world_dataset(config.n_images, mc.resolution, config.data_seed, work / "world.npz", config.progress)
 
-    vae = M.build_vae(mc)
-    vae_module = VAETraining(vae, config.vae_lr, config.kl_weight, config.vae_steps)
-    _trainer(config, config.vae_steps, work / "vae").fit(vae_module, datamodule=ArrayDataModule(ImageArray(images), config.vae_batch_size))
-    vae = vae.cpu().eval()
-    sample = torch.from_numpy(images[:512]).permute(0, 3, 1, 2).float() / 255
-    scaling = M.latent_scaling_factor(vae, sample)
-    vae.register_to_config(scaling_factor=scaling)
-    with torch.no_grad():
-        recon = vae.decode(vae.encode(sample * 2 - 1).latent_dist.mean).sample
-    vae_psnr = float(10 * math.log10(4 / F.mse_loss(recon.clamp(-1, 1), sample * 2 - 1).item()))
-
+    vae, scaling, vae_psnr = train_vae(config, images, work / "vae")
     mean, std = encode_latents(vae, images, scaling)
     ids = tokenizer(captions, padding="max_length", max_length=mc.max_length, truncation=True, return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=mc.max_length, return_tensors="pt").input_ids

@@ -9,12 +9,15 @@ D is a keyed matched filter with a learned front end:
 3. each folded block is circularly cross-correlated (FFT) with the key's template tile, so any
    shift (a crop) is found; a block's evidence is the correlation peak in standard deviations
    of its correlation map;
-4. the evidence of all blocks is pooled, the best scale taken, and an affine map gives a logit.
+4. the blocks' correlation maps are summed (the mark has one phase over the whole photo) and
+   also their peaks averaged (robust to a slightly wrong scale); the best scale is taken, and
+   an affine map gives a logit.
 
 The template comes from a key -> tile network of the generator's architecture; in phase 1 it
 is the generator itself (D looks for what G draws), in phase 2 it may adapt to what survives
-personalization. A mark of another key correlates with this key's template no more than
-photo content does, which is what tells keys apart.
+personalization. Keys' tiles are independent noise through one filter, so a mark of another
+key correlates with this key's template no more than photo content does: its correlation map
+has no peak that stands out, which is what tells keys apart.
 """
 import math
 from dataclasses import asdict, dataclass, field
@@ -34,6 +37,8 @@ class DetectorConfig:
     block_periods: int = 4  # a block folds this many periods each way
     scale_range: tuple = (0.45, 1.6)  # mark scales searched, relative to canonical
     scale_step: float = 1.05  # ratio between neighbouring scales
+    refine_steps: int = 5  # finer scales searched each side of the best one (see Detector.evidence)
+    coherent: bool = True  # also sum the blocks' correlation maps (False: per-block peaks only, the first detector)
     max_side: int = 1024  # longer sides are centre-cropped after scale normalisation
     # Add a fixed high-pass (image minus its 3x3 blur) to the learned residual: the matched
     # filter then works from the first step, where small images give a randomly initialised
@@ -112,18 +117,38 @@ class Detector(nn.Module):
         detector.templates.load_state_dict(generator.state_dict())
         return detector
 
-    def evidence(self, images: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
+    def evidence(self, images: torch.Tensor, templates: torch.Tensor, refine: bool | None = None) -> torch.Tensor:
         """images [N, 3, H, W] in [0, 1] at canonical scale, templates [N or 1, K, 3, T, T] ->
-        pooled evidence [N, K]: how far each template's correlation peaks stand out, in
-        standard deviations. The residual and its folds are computed once for all K."""
-        t = self.config.tile
+        evidence [N, K]: how far each template's correlation peak stands out, in standard
+        deviations, at the best scale. The residual is computed once for all K and scales.
+
+        refine (default: when no gradients are needed) searches finer scales around each
+        image's best one: coherent pooling over a whole photo needs the scale to within a few
+        tenths of a percent; training crops hold a block or two and do without."""
         x = images * 2 - 1
         residual = self.extractor(x)
         if self.config.highpass:
             residual = residual + x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
         spectrum = torch.fft.rfft2(unit(templates, (2, 3, 4))).conj()[:, :, None]  # [N, K, 1, 3, T, T/2+1]
-        best = None
-        for s in self.config.scales():
+        scales = self.config.scales()
+        per_scale = self.evidence_at(residual, spectrum, scales)  # [S, N, K]
+        if per_scale is None:
+            raise ValueError(f"image of {tuple(images.shape[-2:])} px is smaller than one period of the mark")
+        best = list(per_scale.max(dim=0).values.unbind(0))
+        if refine if refine is not None else not torch.is_grad_enabled():
+            m, step = self.config.refine_steps, self.config.scale_step
+            for n, i in enumerate(per_scale.max(dim=2).values.argmax(dim=0).tolist()):
+                fine = [scales[i] * step ** (j / (2 * m + 1)) for j in range(-m, m + 1) if j]
+                found = self.evidence_at(residual[n : n + 1], spectrum[n : n + 1] if len(spectrum) > 1 else spectrum, fine)
+                if found is not None:
+                    best[n] = torch.maximum(best[n], found.max(dim=0).values[0])
+        return torch.stack(best)
+
+    def evidence_at(self, residual: torch.Tensor, spectrum: torch.Tensor, scales) -> torch.Tensor | None:
+        """Evidence [S, N, K] at each of the given scales (None where no scale fits a period)."""
+        t = self.config.tile
+        out = []
+        for s in scales:
             r = residual
             if abs(s - 1) > 1e-6:
                 # Plain bilinear: the residual is already high-passed, and antialiasing costs
@@ -135,14 +160,17 @@ class Detector(nn.Module):
                 continue
             folded = torch.fft.rfft2(unit(blocks, (2, 3, 4)))[:, None]  # [N, 1, B, 3, T, T/2+1]
             corr = torch.fft.irfft2(folded * spectrum, s=(t, t)).sum(dim=3).flatten(3)  # [N, K, B, T*T]
+            # Coherent: the mark repeats with one phase over the whole photo, so its peak sits
+            # at the same shift in every block and the blocks' maps add up (evidence grows with
+            # the square root of the area); photo content and other keys' marks do not.
+            total = corr.sum(dim=2)
+            coherent = (total.max(dim=-1).values - total.mean(dim=-1)) / total.std(dim=-1).clamp_min(1e-12) - self.null_peak
+            # Incoherent: each block's own peak, averaged; survives a slightly wrong scale, where
+            # the peak drifts from block to block. sqrt(blocks) makes the null spread size-free.
             peak = (corr.max(dim=-1).values - corr.mean(dim=-1)) / corr.std(dim=-1).clamp_min(1e-12)
-            # Blocks are pooled incoherently (their peaks averaged), so a slightly wrong scale
-            # costs a little, not everything; sqrt(blocks) makes the null spread size-free.
-            pooled = (peak.mean(dim=-1) - self.null_peak) * math.sqrt(peak.shape[-1])
-            best = pooled if best is None else torch.maximum(best, pooled)
-        if best is None:
-            raise ValueError(f"image of {tuple(images.shape[-2:])} px is smaller than one period of the mark")
-        return best
+            incoherent = (peak.mean(dim=-1) - self.null_peak) * math.sqrt(peak.shape[-1])
+            out.append(torch.maximum(coherent, incoherent) if self.config.coherent else incoherent)
+        return torch.stack(out) if out else None
 
     def logits_for(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
         """Binary logits [N, K] for bits [N or 1, K, n_bits]: each image against K keys."""

@@ -1,11 +1,23 @@
-"""G: a secret key's bits -> a small periodic watermark tile, tiled over a photo of any size.
+"""G: a secret key -> a small periodic watermark tile, tiled over a photo of any size.
 
-The mark is universal per subject (GenWatermark adds the same w to every image of a
-subject), so G runs once per key and embedding is a resize-and-add: fast on a CPU at any
-resolution. The tile lives at a canonical scale: on a photo whose short side is larger than
-`canonical_size`, the tile is rendered larger so that the mark sits at the canonical scale
-once the photo is resized to it, as personalization pipelines and the detector do. The
-photo's own pixels are never resampled.
+The key's bits are one +-1 value per tile pixel: white noise that only the key determines.
+G shapes that noise with a learned spectral filter (a circular convolution over the whole
+tile) and draws it on luminance only. Two design choices, each measured
+(docs/BENCHMARKS.md, "What the mark is made of"):
+- Different keys' tiles are independent noise seen through the same filter, so they are
+  nearly orthogonal by construction; a G that maps 64 bits through a network drew tiles that
+  already correlated at initialisation (mean |corr| 0.14), and one key's mark then passed for
+  another's. Training can only choose *which frequencies* carry the mark, not make keys alike.
+- JPEG keeps chroma at half resolution and quantises it two to three times more coarsely than
+  luminance; the publishing channel's JPEG passes gradients straight through, so G cannot
+  learn this from D, and a mark in colour was largely lost at quality 75.
+
+The mark is universal per subject (GenWatermark adds the same w to every image of a subject),
+so G runs once per key and embedding is a resize-and-add: fast on a CPU at any resolution.
+The tile lives at a canonical scale: on a photo whose short side is larger than
+`canonical_size`, the tile is rendered larger so that the mark sits at the canonical scale once
+the photo is resized to it, as personalization pipelines and the detector do. The photo's own
+pixels are never resampled.
 """
 import math
 from dataclasses import asdict, dataclass
@@ -17,11 +29,14 @@ import torch.nn.functional as F
 
 @dataclass
 class GeneratorConfig:
-    n_bits: int = 64
     tile: int = 32  # period of the mark, in canonical pixels
-    channels: int = 64
     max_rms: float = 0.008  # RMS of the mark in [0, 1] pixel units: 0.008 -> PSNR 41.9 dB before clipping
     canonical_size: int = 512
+
+    @property
+    def n_bits(self) -> int:
+        """Key bits: one per tile pixel."""
+        return self.tile * self.tile
 
     def to_dict(self):
         return asdict(self)
@@ -32,40 +47,33 @@ def pattern_scale(height: int, width: int, canonical_size: int) -> float:
     return max(1.0, min(height, width) / canonical_size)
 
 
+def lowpass_gain(tile: int, cutoff: int, floor: float = 0.0) -> torch.Tensor:
+    """A gain [T, T/2+1] for WatermarkGenerator: 1 up to `cutoff` cycles per tile (the larger
+    of |kx| and |ky|), `floor` above it."""
+    k = (torch.fft.fftfreq(tile) * tile).abs()
+    kr = torch.fft.rfftfreq(tile) * tile
+    return torch.where(torch.maximum(k[:, None], kr[None]) <= cutoff, 1.0, floor)
+
+
 class WatermarkGenerator(nn.Module):
     def __init__(self, config: GeneratorConfig | None = None):
         super().__init__()
         self.config = config = config or GeneratorConfig()
-        c, self.base = config.channels, 4
-        n_up = int(math.log2(config.tile // self.base))
-        if self.base * 2**n_up != config.tile:
-            raise ValueError(f"tile must be 4 * 2**n, got {config.tile}")
-        self.fc = nn.Linear(config.n_bits, c * self.base * self.base)
-        # Circular padding keeps the tile seamless when it repeats over the photo.
-        self.ups = nn.ModuleList(
-            nn.Sequential(
-                nn.Upsample(scale_factor=2, mode="nearest"),
-                nn.Conv2d(c, c, 3, padding=1, padding_mode="circular"),
-                nn.GELU(),
-                nn.Conv2d(c, c, 3, padding=1, padding_mode="circular"),
-                nn.GELU(),
-            )
-            for _ in range(n_up)
-        )
-        self.to_rgb = nn.Conv2d(c, 3, 3, padding=1, padding_mode="circular")
+        t = config.tile
+        # Gain per spatial frequency of the tile; all ones is white noise.
+        self.gain = nn.Parameter(torch.ones(t, t // 2 + 1))
 
     def forward(self, bits: torch.Tensor) -> torch.Tensor:
-        """bits [B, n_bits] in {-1, +1} -> zero-mean tiles [B, 3, T, T] with RMS = max_rms.
+        """bits [B, tile * tile] in {-1, +1} -> zero-mean grey tiles [B, 3, T, T], RMS = max_rms.
 
         The energy is fixed (it sets the PSNR); G learns where to put it. A cap that let the
         energy shrink would let G fade the mark before D has learned to see any of it."""
-        h = self.fc(bits).view(bits.shape[0], -1, self.base, self.base)
-        for up in self.ups:
-            h = up(h)
-        tile = self.to_rgb(h)
+        t = self.config.tile
+        noise = bits.reshape(-1, 1, t, t)
+        tile = torch.fft.irfft2(torch.fft.rfft2(noise) * self.gain, s=(t, t))
         tile = tile - tile.mean(dim=(2, 3), keepdim=True)  # no brightness shift
         rms = tile.pow(2).mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12).sqrt()
-        return tile * (self.config.max_rms / rms)
+        return (tile * (self.config.max_rms / rms)).expand(-1, 3, -1, -1)
 
     @staticmethod
     def render(tiles: torch.Tensor, height: int, width: int, scale: float = 1.0, offset=(0, 0)) -> torch.Tensor:
