@@ -42,6 +42,13 @@ def source_path(path) -> str:
     return str(path if path.is_absolute() else ROOT / path)
 
 
+def shown_path(path) -> str:
+    """A path for a report: relative to the source tree when inside it, so reports made on
+    different machines compare; absolute otherwise."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def write_subject(subject_index: int, n: int, out: Path, size: int) -> Path:
     from PIL import Image
 
@@ -190,14 +197,14 @@ def run_demo(out, config_path=DEFAULT_CONFIG, subject_index: int | None = None, 
         "version": 1,
         "subject": subject_index,
         "key_fingerprint": key_fingerprint(key),
-        "config": str(Path(config_path).resolve()),
-        "model": demo["model"],
-        "checkpoint": demo["checkpoint"],
+        "config": shown_path(config_path),
+        "model": shown_path(demo["model"]),
+        "checkpoint": shown_path(demo["checkpoint"]),
         "watermark": record["watermark"],
         "methods": {"fine_tuning": evaluation["fine_tuning"]["methods"], "unknown": evaluation["test"]["unknown_method"]},
         "results": results,
         "quality": quality,
-        "evaluation": str((work / "evaluation" / "evaluation.json").resolve()),
+        "evaluation": str((work / "evaluation" / "evaluation.json").relative_to(out)),  # from this report's folder
         "scores_check": {"known_auc_recomputed": detection_metrics(settings["known"]["logits"]["clean"], settings["known"]["logits"]["watermarked"])["roc_auc"]},
     }
     rows = [sorted((subject_dir / "clean").glob("*.png")), sorted((subject_dir / "watermarked").glob("*.png")),

@@ -15,7 +15,6 @@ from sklearn.metrics import roc_auc_score
 from genwm.channel import ATTACKS, ChannelConfig, PublishingChannel
 from genwm.keys import random_bits
 from genwm.models import Detector, DetectorConfig, GeneratorConfig, WatermarkGenerator
-from genwm.models.generator import lowpass_gain
 from genwm.perceptual import load_perceptual
 
 
@@ -37,17 +36,11 @@ class WatermarkPretraining(pl.LightningModule):
     def __init__(self, generator: dict | None = None, detector: dict | None = None, channel: dict | None = None,
                  perceptual: str = "effnet-lite0", lpips_backbone: str | None = None, budget: float = 0.01,
                  budget_weight: float = 10.0, foreign_weight: float = 0.5, lr_g: float = 2e-4, lr_d: float = 1e-3,
-                 detector_warmup: int = 300, channel_ramp: int = 600, decorrelation_weight: float = 0.0,
-                 init_cutoff: int | None = None, init_floor: float = 0.1):
+                 detector_warmup: int = 300, channel_ramp: int = 600, decorrelation_weight: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.generator = WatermarkGenerator(GeneratorConfig(**(generator or {})))
-        if init_cutoff is not None:
-            # G starts band-limited (see docs/BENCHMARKS.md, "What the mark is made of": a white
-            # mark loses its upper half-band to a halving resize); training may widen it.
-            with torch.no_grad():
-                self.generator.gain.copy_(lowpass_gain(self.generator.config.tile, init_cutoff, init_floor))
         self.detector = Detector(DetectorConfig(template=self.generator.config.to_dict(), **(detector or {})))
         self.detector.templates = self.generator
         self.channel = PublishingChannel(ChannelConfig(**(channel or {})))

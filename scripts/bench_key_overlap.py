@@ -1,6 +1,7 @@
 """Diagnostic: how alike different keys' watermark tiles are, for a checkpoint's G and for
-freshly initialised G's of the same config. Correlated tiles let one key's mark pass for
-another's (see docs/BENCHMARKS.md, key separation).
+freshly initialised G's of the same config, and where the tiles' energy lies. Correlated tiles
+let one key's mark pass for another's (see docs/BENCHMARKS.md, key separation); energy above
+a few cycles per tile is what halving a photo removes.
 
     python scripts/bench_key_overlap.py --checkpoint checkpoints/genwm-base --keys 16
 """
@@ -14,6 +15,16 @@ from genwm.models import WatermarkGenerator
 from genwm.pretrain import key_overlap
 
 
+def band_energy(tiles: torch.Tensor, cutoffs=(4, 8)) -> dict:
+    """Fraction of tiles' [B, C, T, T] energy at up to each cutoff, in cycles per tile (the
+    larger of |kx| and |ky|)."""
+    energy = torch.fft.fft2(tiles[:, 0]).abs().pow(2).sum(dim=0)
+    t = tiles.shape[-1]
+    k = (torch.fft.fftfreq(t) * t).abs()
+    cycles = torch.maximum(k[:, None], k[None])
+    return {c: float(energy[cycles <= c].sum() / energy.sum()) for c in cutoffs}
+
+
 def describe(generator, n_keys: int) -> str:
     torch.manual_seed(0)
     with torch.no_grad():
@@ -22,7 +33,8 @@ def describe(generator, n_keys: int) -> str:
     t = t - t.mean(dim=1, keepdim=True)
     t = t / t.norm(dim=1, keepdim=True)
     corr = (t @ t.T).abs()[~torch.eye(n_keys, dtype=torch.bool)]
-    return f"key_overlap {key_overlap(tiles).item():.4f}  mean |corr| {corr.mean().item():.3f}  max |corr| {corr.max().item():.3f}"
+    bands = "  ".join(f"energy at <= {c} cycles {e:.3f}" for c, e in band_energy(tiles).items())
+    return f"key_overlap {key_overlap(tiles).item():.4f}  mean |corr| {corr.mean().item():.3f}  max |corr| {corr.max().item():.3f}  {bands}"
 
 
 def main():

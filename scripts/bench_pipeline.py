@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from genwm import atomic
-from genwm.demo import DEFAULT_CONFIG, load_demo_config, protect_config_for, run_demo, write_subject
+from genwm.demo import DEFAULT_CONFIG, load_demo_config, protect_config_for, run_demo, shown_path, write_subject
 
 BASELINES = ("dwtDct", "rivaGan")
 
@@ -143,7 +143,7 @@ def main():
             results[variant].append(row)
             print(json.dumps({"variant": variant, **row}), flush=True)
             record = {
-                "command": "python scripts/bench_pipeline.py " + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "quiet"),
+                "command": "python scripts/bench_pipeline.py " + " ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else shown_path(v) if k == 'config' else v}" for k, v in vars(args).items() if k != "quiet"),
                 "date": date.today().isoformat(),
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
                 "seconds": round(time.time() - started),

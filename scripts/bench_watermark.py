@@ -180,6 +180,19 @@ def key_separation(method: Genwm, photos, n_keys: int) -> dict:
     return {"threshold_logit": threshold, **out}
 
 
+def mark_spectrum(method: Genwm, n_keys: int) -> dict:
+    """Where the mark's energy lies (see bench_key_overlap.band_energy), over the keys' tiles."""
+    import torch
+
+    from bench_key_overlap import band_energy
+    from genwm.keys import key_bits
+
+    g = method.watermarker.generator
+    bits = torch.stack([key_bits(method.key(i, None), g.config.n_bits) for i in range(n_keys)])
+    with torch.no_grad():
+        return band_energy(g(bits))
+
+
 def example_png(method: Genwm, photos, path: Path) -> None:
     """A photo, its marked copy and the mark amplified 20x, side by side (a 256 px crop)."""
     name, img = photos[0]
@@ -192,7 +205,7 @@ def example_png(method: Genwm, photos, path: Path) -> None:
     atomic.write_bytes(path, buf.getvalue())
 
 
-def markdown(results, separation, args) -> str:
+def markdown(results, separation, spectrum) -> str:
     extra = [k for k in ("lpips", "effnet") if k in results[0]]
     head = "| method | PSNR dB | SSIM | " + "".join(f"{k} | " for k in extra) + "MP/s | " + " | ".join(f"AUC {a}" for a in ATTACKS) + " |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -207,6 +220,8 @@ def markdown(results, separation, args) -> str:
         lines += ["", f"genwm key separation: another key's mark scored above the calibrated threshold in "
                   f"{separation['clean']['rate_above_threshold']:.4f} of {separation['clean']['n']} cases (clean), "
                   f"{separation['jpeg75']['rate_above_threshold']:.4f} of {separation['jpeg75']['n']} (JPEG 75)."]
+    if spectrum:
+        lines += ["", "genwm mark energy: " + ", ".join(f"{e:.3f} at <= {c} cycles per tile" for c, e in spectrum.items()) + "."]
     return "\n".join(lines)
 
 
@@ -231,12 +246,13 @@ def main():
     photos = load_photos(args.photos)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, separation = [], None
+    results, separation, spectrum = [], None, None
     for name in args.methods:
         method = Genwm(args.checkpoint) if name == "genwm" else Baseline(name)
         results.append(run(method, photos, args.keys, args.seed, perceptual, not args.quiet))
         if name == "genwm":
             separation = key_separation(method, photos, args.keys)
+            spectrum = mark_spectrum(method, args.keys)
             example_png(method, photos, out / "example.png")
     record = {
         "command": "python scripts/bench_watermark.py " + " ".join(f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "quiet"),
@@ -246,9 +262,10 @@ def main():
         "lpips": "alexnet" if "lpips" in perceptual else "unavailable (no AlexNet weights on this machine)",
         "results": results,
         "key_separation": separation,
+        "genwm_mark_spectrum": {f"energy_at_most_{c}_cycles": e for c, e in spectrum.items()} if spectrum else None,
     }
     atomic.write_json(out / "results.json", record)
-    table = markdown(results, separation, args)
+    table = markdown(results, separation, spectrum)
     atomic.write_bytes(out / "table.md", (table + "\n").encode())
     print(table)
 

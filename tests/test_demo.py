@@ -48,7 +48,7 @@ def test_report_numbers_are_in_range_and_come_from_the_images(quick_demo):
     for name, r in report["results"].items():
         for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr"):
             assert 0.0 <= r[k] <= 1.0, (name, k)
-    evaluation = json.loads(Path(report["evaluation"]).read_text())
+    evaluation = json.loads((out / report["evaluation"]).read_text())
     known = evaluation["settings"]["known"]
     dirs = {side: [p["dir"] for p in known["test_provenance"][side]] for side in ("clean", "watermarked")}
     detector = Detector.from_pretrained(out / "work" / "detector")

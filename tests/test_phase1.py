@@ -263,7 +263,7 @@ def test_key_overlap_is_one_for_equal_tiles_and_small_for_random_ones():
 def test_lowpass_gain_keeps_the_mark_in_its_band():
     tiles = WatermarkGenerator(GeneratorConfig(tile=16))
     with torch.no_grad():
-        tiles.gain.copy_(lowpass_gain(16, 4, floor=0.0))
+        tiles.gain.copy_(lowpass_gain(16, 4))
         spectrum = torch.fft.fft2(tiles(key_bits("k", 256)[None])[0, 0]).abs()
     k = (torch.fft.fftfreq(16) * 16).abs()
     outside = torch.maximum(k[:, None], k[None]) > 4
@@ -271,12 +271,25 @@ def test_lowpass_gain_keeps_the_mark_in_its_band():
     assert spectrum[~outside].pow(2).sum() > 0.99 * spectrum.pow(2).sum()
 
 
-def test_pretraining_can_start_g_band_limited():
-    from genwm.pretrain import WatermarkPretraining
-
-    model = WatermarkPretraining(generator={"tile": 8, "canonical_size": 64}, perceptual="lpips-alex-random", init_cutoff=2)
-    assert torch.equal(model.generator.gain.detach(), lowpass_gain(8, 2, 0.1))
-    assert model.generator.gain.requires_grad  # a starting point, not a constraint
+def test_band_holds_whatever_the_gain_learns(tmp_path):
+    """`band` is a constraint: gains above it have no effect, before and after any update,
+    and it survives a checkpoint round trip (the detector's template too)."""
+    g = WatermarkGenerator(GeneratorConfig(tile=16, band=4))
+    with torch.no_grad():
+        g.gain.mul_(torch.rand_like(g.gain) * 5)
+    bits = key_bits("k", 256)[None]
+    loss = g(bits)[0, 0, :, 1:].sub(g(bits)[0, 0, :, :-1]).pow(2).sum()  # pushes energy up the band
+    loss.backward()
+    outside = lowpass_gain(16, 4) == 0
+    assert g.gain.grad[outside].abs().max().item() == 0.0
+    save_checkpoint(tmp_path / "ck", generator=g, detector=Detector.for_generator(g), metadata={"phase": 1})
+    g2, d2, _ = load_checkpoint(tmp_path / "ck")
+    for tiles in (g2, d2.templates):
+        with torch.no_grad():
+            tiles.gain.fill_(1.0)
+            spectrum = torch.fft.fft2(tiles(bits)[0, 0]).abs()
+        k = (torch.fft.fftfreq(16) * 16).abs()
+        assert spectrum[torch.maximum(k[:, None], k[None]) > 4].max().item() < 1e-6 * spectrum.max().item()
 
 
 def test_keys_tiles_are_nearly_orthogonal_whatever_the_filter():

@@ -125,10 +125,7 @@ class Detector(nn.Module):
         refine (default: when no gradients are needed) searches finer scales around each
         image's best one: coherent pooling over a whole photo needs the scale to within a few
         tenths of a percent; training crops hold a block or two and do without."""
-        x = images * 2 - 1
-        residual = self.extractor(x)
-        if self.config.highpass:
-            residual = residual + x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+        residual = self.residual(images)
         spectrum = torch.fft.rfft2(unit(templates, (2, 3, 4))).conj()[:, :, None]  # [N, K, 1, 3, T, T/2+1]
         scales = self.config.scales()
         per_scale = self.evidence_at(residual, spectrum, scales)  # [S, N, K]
@@ -143,6 +140,14 @@ class Detector(nn.Module):
                 if found is not None:
                     best[n] = torch.maximum(best[n], found.max(dim=0).values[0])
         return torch.stack(best)
+
+    def residual(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] in [0, 1] -> the front end's residual, where the mark stands out."""
+        x = images * 2 - 1
+        residual = self.extractor(x)
+        if self.config.highpass:
+            residual = residual + x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
+        return residual
 
     def evidence_at(self, residual: torch.Tensor, spectrum: torch.Tensor, scales) -> torch.Tensor | None:
         """Evidence [S, N, K] at each of the given scales (None where no scale fits a period)."""

@@ -32,6 +32,9 @@ class GeneratorConfig:
     tile: int = 32  # period of the mark, in canonical pixels
     max_rms: float = 0.008  # RMS of the mark in [0, 1] pixel units: 0.008 -> PSNR 41.9 dB before clipping
     canonical_size: int = 512
+    # Highest spatial frequency the mark may use, in cycles per tile (the larger of |kx| and
+    # |ky|); None: all. Energy above it is lost to halving a photo and dilutes what survives.
+    band: int | None = None
 
     @property
     def n_bits(self) -> int:
@@ -47,12 +50,12 @@ def pattern_scale(height: int, width: int, canonical_size: int) -> float:
     return max(1.0, min(height, width) / canonical_size)
 
 
-def lowpass_gain(tile: int, cutoff: int, floor: float = 0.0) -> torch.Tensor:
+def lowpass_gain(tile: int, cutoff: int) -> torch.Tensor:
     """A gain [T, T/2+1] for WatermarkGenerator: 1 up to `cutoff` cycles per tile (the larger
-    of |kx| and |ky|), `floor` above it."""
+    of |kx| and |ky|), 0 above it."""
     k = (torch.fft.fftfreq(tile) * tile).abs()
     kr = torch.fft.rfftfreq(tile) * tile
-    return torch.where(torch.maximum(k[:, None], kr[None]) <= cutoff, 1.0, floor)
+    return (torch.maximum(k[:, None], kr[None]) <= cutoff).float()
 
 
 class WatermarkGenerator(nn.Module):
@@ -62,6 +65,8 @@ class WatermarkGenerator(nn.Module):
         t = config.tile
         # Gain per spatial frequency of the tile; all ones is white noise.
         self.gain = nn.Parameter(torch.ones(t, t // 2 + 1))
+        band = lowpass_gain(t, config.band) if config.band is not None else torch.ones(t, t // 2 + 1)
+        self.register_buffer("band_mask", band, persistent=False)
 
     def forward(self, bits: torch.Tensor) -> torch.Tensor:
         """bits [B, tile * tile] in {-1, +1} -> zero-mean grey tiles [B, 3, T, T], RMS = max_rms.
@@ -70,7 +75,7 @@ class WatermarkGenerator(nn.Module):
         energy shrink would let G fade the mark before D has learned to see any of it."""
         t = self.config.tile
         noise = bits.reshape(-1, 1, t, t)
-        tile = torch.fft.irfft2(torch.fft.rfft2(noise) * self.gain, s=(t, t))
+        tile = torch.fft.irfft2(torch.fft.rfft2(noise) * (self.gain * self.band_mask), s=(t, t))
         tile = tile - tile.mean(dim=(2, 3), keepdim=True)  # no brightness shift
         rms = tile.pow(2).mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12).sqrt()
         return (tile * (self.config.max_rms / rms)).expand(-1, 3, -1, -1)
