@@ -95,3 +95,15 @@ def test_shipped_mini_model_speaks_clips_vocabulary():
     tok = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
     assert len(tok) == 49408 and tok.model_max_length == 77
     assert tok("a photo of sks person").input_ids == [49406, 320, 1125, 539, 48136, 2533, 49407]
+
+
+def test_unet_plain_levels_drop_cross_attention_from_the_finest_levels_only():
+    import dataclasses
+
+    from genwm.mini.model import build_unet
+
+    shipped = build_unet(MiniConfig()).config
+    assert shipped.down_block_types == ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    plain = build_unet(dataclasses.replace(MiniConfig(), unet_channels=(32, 32, 64, 64), unet_plain_levels=2)).config
+    assert plain.down_block_types == ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    assert plain.up_block_types == tuple(reversed(["UpBlock2D", "UpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]))

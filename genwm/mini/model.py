@@ -23,6 +23,9 @@ class MiniConfig:
     latent_channels: int = 4
     unet_channels: tuple = (32, 64, 64)
     unet_layers_per_block: int = 1
+    # Levels, from the finest, without cross-attention: attention over every latent position
+    # is what makes larger latents expensive (scripts/bench_mini_unet.py).
+    unet_plain_levels: int = 0
     attention_head_dim: int = 8
     text_hidden: int = 64
     text_layers: int = 2
@@ -111,15 +114,16 @@ def build_text_encoder(config: MiniConfig, tokenizer):
 def build_unet(config: MiniConfig):
     from diffusers import UNet2DConditionModel
 
-    n = len(config.unet_channels)
+    n, plain = len(config.unet_channels), config.unet_plain_levels
+    attention = [plain <= i < n - 1 for i in range(n)]  # the coarsest level never has it (SD's layout)
     return UNet2DConditionModel(
         sample_size=config.resolution // 2 ** (len(config.vae_channels) - 1),
         in_channels=config.latent_channels,
         out_channels=config.latent_channels,
         block_out_channels=tuple(config.unet_channels),
         layers_per_block=config.unet_layers_per_block,
-        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
         cross_attention_dim=config.text_hidden,
         attention_head_dim=config.attention_head_dim,
         norm_num_groups=32,
