@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Recipe for checkpoints/genwm-base: phase 1 on photos that install offline, then its calibration.
-# About 20 minutes on 2 CPU cores. Run from the repository root after ./scripts/setup.sh.
+# About 45 minutes on 2 CPU cores. Run from the repository root after ./scripts/setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Photo packages (Debian): opencv-doc and the Plasma wallpapers train, darknet's samples calibrate.
