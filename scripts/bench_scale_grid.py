@@ -23,6 +23,8 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_watermark import Genwm, attack, load_photos  # noqa: E402
 
+from genwm.checkpoint import read_config  # noqa: E402
+
 
 def auc(method: Genwm, photos, attack_name: str, n_keys: int) -> float:
     rng = np.random.default_rng(0)
@@ -39,14 +41,13 @@ def null_by_scale(method: Genwm, photos, n_keys: int) -> None:
     scale whose null spreads wider would win the search's maximum on clean photos more often."""
     from genwm.images import to_float_rgb
     from genwm.keys import key_bits
-    from genwm.models.detector import unit
 
     d = method.detector
     scales = d.config.scales()
     bits = torch.stack([key_bits(f"scale-grid-{i}", d.config.n_bits) for i in range(n_keys)])
     columns = []
     with torch.no_grad():
-        spectrum = torch.fft.rfft2(unit(d.templates(bits)[None], (2, 3, 4))).conj()[:, :, None]
+        spectrum = d.template_spectrum(d.templates(bits)[None])
         for _, img in photos:
             residual = d.residual(d.to_canonical(torch.from_numpy(to_float_rgb(img)).permute(2, 0, 1)))
             found = d.evidence_at(residual, spectrum, scales)
@@ -76,9 +77,9 @@ def main():
     if args.null_by_scale:
         null_by_scale(Genwm(args.checkpoint), photos, args.keys)
         return
-    config = Genwm(args.checkpoint).detector.config
+    shipped_step = read_config(args.checkpoint)["detector"]["scale_step"]
     variants = ["learned"] + (["zeroed front end"] if args.zero_front_end else []) + (["flat gain"] if args.flat_gain else [])
-    print(f"{len(photos)} photos from {args.photos}, {args.keys} keys, attack {args.attack}; shipped scale step {config.scale_step}")
+    print(f"{len(photos)} photos from {args.photos}, {args.keys} keys, attack {args.attack}; shipped scale step {shipped_step}")
     for variant in variants:
         method = Genwm(args.checkpoint)  # each variant changes one thing of the checkpoint
         config = method.detector.config

@@ -126,7 +126,7 @@ class Detector(nn.Module):
         image's best one: coherent pooling over a whole photo needs the scale to within a few
         tenths of a percent; training crops hold a block or two and do without."""
         residual = self.residual(images)
-        spectrum = torch.fft.rfft2(unit(templates, (2, 3, 4))).conj()[:, :, None]  # [N, K, 1, 3, T, T/2+1]
+        spectrum = self.template_spectrum(templates)
         scales = self.config.scales()
         per_scale = self.evidence_at(residual, spectrum, scales)  # [S, N, K]
         if per_scale is None:
@@ -140,6 +140,12 @@ class Detector(nn.Module):
                 if found is not None:
                     best[n] = torch.maximum(best[n], found.max(dim=0).values[0])
         return torch.stack(best)
+
+    @staticmethod
+    def template_spectrum(templates: torch.Tensor) -> torch.Tensor:
+        """Templates [N or 1, K, 3, T, T] -> the conjugate spectra evidence_at correlates with,
+        [N or 1, K, 1, 3, T, T/2+1]."""
+        return torch.fft.rfft2(unit(templates, (2, 3, 4))).conj()[:, :, None]
 
     def residual(self, images: torch.Tensor) -> torch.Tensor:
         """images [N, 3, H, W] in [0, 1] -> the front end's residual, where the mark stands out."""
