@@ -118,6 +118,7 @@ class ChannelConfig:
     # model learns from, and every image it generates, goes through.
     vae: str | None = None
     p_vae: float = 0.0
+    p_flip: float = 0.0  # mirrored left to right, as personalization's random_flip does
 
     def to_dict(self):
         return asdict(self)
@@ -140,6 +141,8 @@ class PublishingChannel(nn.Module):
 
         if self.vae is not None and u() < c.p_vae:
             x = vae_round_trip(self.vae, x)
+        if c.p_flip > 0 and u() < c.p_flip:  # no draw otherwise: earlier recipes' runs stay as they were
+            x = x.flip(-1)
         if u() < c.p_rescale:
             lo, hi = math.log(c.scale_range[0]), math.log(c.scale_range[1])
             x = resize(x, math.exp(random.uniform(lo, hi)))

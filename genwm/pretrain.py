@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from genwm.channel import ATTACKS, ChannelConfig, PublishingChannel
+from genwm.channel import ATTACKS, ChannelConfig, PublishingChannel, vae_round_trip
 from genwm.keys import random_bits
 from genwm.models import Detector, DetectorConfig, GeneratorConfig, WatermarkGenerator
 from genwm.perceptual import load_perceptual
@@ -36,7 +36,8 @@ class WatermarkPretraining(pl.LightningModule):
     def __init__(self, generator: dict | None = None, detector: dict | None = None, channel: dict | None = None,
                  perceptual: str = "effnet-lite0", lpips_backbone: str | None = None, budget: float = 0.01,
                  budget_weight: float = 10.0, foreign_weight: float = 0.5, lr_g: float = 2e-4, lr_d: float = 1e-3,
-                 detector_warmup: int = 300, channel_ramp: int = 600, decorrelation_weight: float = 0.0):
+                 detector_warmup: int = 300, channel_ramp: int = 600, decorrelation_weight: float = 0.0,
+                 val_attacks: tuple = ("clean", "jpeg75", "resize0.5")):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -45,6 +46,10 @@ class WatermarkPretraining(pl.LightningModule):
         self.detector.templates = self.generator
         self.channel = PublishingChannel(ChannelConfig(**(channel or {})))
         self.perceptual = load_perceptual(perceptual, lpips_backbone)
+        unknown = [a for a in val_attacks if a not in ATTACKS and a != "vae"]
+        if unknown or ("vae" in val_attacks and self.channel.vae is None):
+            raise ValueError(f"val_attacks: {unknown or ['vae']} unknown; choose from {sorted(ATTACKS)} and 'vae' "
+                             "(the channel's VAE round trip; needs channel.vae and channel.p_vae > 0)")
         self._val = []
 
     def detector_parameters(self):
@@ -121,8 +126,8 @@ class WatermarkPretraining(pl.LightningModule):
         g = torch.Generator().manual_seed(1000 + batch_idx)
         bits = random_bits(x.shape[0], self.generator.config.n_bits, g).to(x)
         xw = self.generator.embed(x, bits)
-        for name in ("clean", "jpeg75", "resize0.5"):
-            attack = ATTACKS[name]
+        for name in self.hparams.val_attacks:
+            attack = (lambda im: vae_round_trip(self.channel.vae, im)) if name == "vae" else ATTACKS[name]
             self._val.append((name, self.detector.logit(attack(xw), bits).cpu(), self.detector.logit(attack(x), bits).cpu()))
         # the key's own mark vs another key's mark, read with the key: are keys told apart?
         other = self.generator.embed(x, random_bits(x.shape[0], self.generator.config.n_bits, g).to(x))
@@ -225,7 +230,7 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
         default_root_dir=run_dir,
         logger=CSVLogger(run_dir, name="logs"),
         # last.ckpt every epoch (an interrupted run resumes from it) and the epoch with the best
-        # val/score (mean AUC: clean, JPEG 75, resize 0.5, own vs other key), the one exported
+        # val/score (mean AUC over val_attacks and own vs other key), the one exported
         callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1, monitor="val/score", mode="max")],
         enable_progress_bar=progress,
         enable_model_summary=progress,

@@ -292,6 +292,27 @@ def test_band_holds_whatever_the_gain_learns(tmp_path):
         assert spectrum[torch.maximum(k[:, None], k[None]) > 4].max().item() < 1e-6 * spectrum.max().item()
 
 
+def test_mirror_symmetric_mark_survives_a_horizontal_flip():
+    """With `mirror`, a mirrored marked image (personalization's random_flip) is found as
+    well as the original; an asymmetric mark mirrored is not found at all."""
+    photos = torch.stack([torch.from_numpy(smooth_photo(64, 96, seed=s)).permute(2, 0, 1).float() / 255 for s in range(4)])
+    bits = key_bits("k", 256)[None]
+    evidence = {}
+    for mirror in (False, True):
+        torch.manual_seed(0)
+        g = WatermarkGenerator(GeneratorConfig(tile=16, max_rms=0.02, canonical_size=64, band=4, mirror=mirror))
+        tile = g(bits)[0, 0]
+        assert torch.allclose(tile, tile.flip(-1), atol=1e-7) == mirror
+        detector = Detector.for_generator(g, block_periods=2, highpass=True)
+        marked = g.embed(photos, bits, offset=(3, 5))
+        with torch.no_grad():
+            evidence[mirror] = [detector.evidence(x, g(bits)[:, None])[:, 0] for x in (marked, marked.flip(-1), photos)]
+    marked, flipped, clean = evidence[True]
+    assert flipped.min() > 0.9 * marked.min() and flipped.min() > clean.max() + 3
+    marked, flipped, clean = evidence[False]
+    assert flipped.max() < marked.min() - 3
+
+
 def test_keys_tiles_are_nearly_orthogonal_whatever_the_filter():
     """Keys' tiles are independent noise through one filter: they stay apart even when the
     filter keeps only a band of frequencies (what training could drive it to)."""

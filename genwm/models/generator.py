@@ -35,6 +35,10 @@ class GeneratorConfig:
     # Highest spatial frequency the mark may use, in cycles per tile (the larger of |kx| and
     # |ky|); None: all. Energy above it is lost to halving a photo and dilutes what survives.
     band: int | None = None
+    # Tiles symmetric under a horizontal flip. Personalization trains on randomly mirrored
+    # copies (random_flip in diffusers' and genwm's scripts); an asymmetric mark mirrored no
+    # longer matches its template, so half of what a model learns of it would be lost.
+    mirror: bool = False
 
     @property
     def n_bits(self) -> int:
@@ -76,6 +80,10 @@ class WatermarkGenerator(nn.Module):
         t = self.config.tile
         noise = bits.reshape(-1, 1, t, t)
         tile = torch.fft.irfft2(torch.fft.rfft2(noise) * (self.gain * self.band_mask), s=(t, t))
+        if self.config.mirror:
+            # about the tile's centre line: on an image a whole number of tiles wide, mirroring
+            # the image leaves the mark exactly as it was (otherwise shifts it, which D allows)
+            tile = tile + tile.flip(-1)
         tile = tile - tile.mean(dim=(2, 3), keepdim=True)  # no brightness shift
         rms = tile.pow(2).mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12).sqrt()
         return (tile * (self.config.max_rms / rms)).expand(-1, 3, -1, -1)
