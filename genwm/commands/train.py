@@ -26,9 +26,9 @@ def run_pretrain(args) -> int:
               "the checkpoint records it", file=sys.stderr)
     meta = pretrain(config, resume=args.resume, progress=not args.quiet)
     v = meta["validation"]
-    print(f"phase 1: {meta['steps']} steps; validation AUC clean {v.get('val/auc_clean', float('nan')):.4f}, "
-          f"JPEG 75 {v.get('val/auc_jpeg75', float('nan')):.4f}, resize 0.5 {v.get('val/auc_resize0.5', float('nan')):.4f}, "
-          f"PSNR {v.get('val/psnr', float('nan')):.2f} dB; checkpoint and calibration in {config['out']}")
+    aucs = ", ".join(f"{name[len('val/auc_'):]} {value:.4f}" for name, value in v.items() if name.startswith("val/auc_"))
+    print(f"phase 1: {meta['steps']} steps; validation AUC {aucs}, PSNR {v.get('val/psnr', float('nan')):.2f} dB; "
+          f"checkpoint and calibration in {config['out']}")
     return 0
 
 

@@ -3,8 +3,8 @@
 VAE (AutoencoderKL), CLIP text encoder with CLIP's real BPE tokenizer, a cross-attention
 UNet2DConditionModel and a DDIM scheduler, assembled as a diffusers StableDiffusionPipeline
 and saved with save_pretrained: genwm's personalization, synthesis and demo code open it
-exactly as they open SD 1.x. Sizes are set so that pretraining on the subject world takes
-about an hour on two CPU cores (64 px images, 16 x 16 x 4 latents).
+exactly as they open SD 1.x. The shipped sizes (configs/mini-model.yaml: 64 px images,
+32 x 32 x 4 latents) keep pretraining on the subject world to CPU scale.
 """
 import gzip
 import json

@@ -155,9 +155,18 @@ class Detector(nn.Module):
             residual = residual + x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
         return residual
 
+    def correlation_maps(self, residual: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor | None:
+        """Each block's circular correlation with each template, [N, K, B, T*T] (shift dy * T + dx
+        last), for a residual already at the mark's scale; None if it holds no whole block."""
+        t = self.config.tile
+        blocks = fold_blocks(residual, t, self.config.block_periods * t)
+        if blocks is None:
+            return None
+        folded = torch.fft.rfft2(unit(blocks, (2, 3, 4)))[:, None]  # [N, 1, B, 3, T, T/2+1]
+        return torch.fft.irfft2(folded * spectrum, s=(t, t)).sum(dim=3).flatten(3)
+
     def evidence_at(self, residual: torch.Tensor, spectrum: torch.Tensor, scales) -> torch.Tensor | None:
         """Evidence [S, N, K] at each of the given scales (None where no scale fits a period)."""
-        t = self.config.tile
         out = []
         for s in scales:
             r = residual
@@ -166,11 +175,9 @@ class Detector(nn.Module):
                 # more than the rest of the search together.
                 size = (round(residual.shape[-2] / s), round(residual.shape[-1] / s))
                 r = F.interpolate(residual, size=size, mode="bilinear", align_corners=False)
-            blocks = fold_blocks(r, t, self.config.block_periods * t)
-            if blocks is None:
+            corr = self.correlation_maps(r, spectrum)
+            if corr is None:
                 continue
-            folded = torch.fft.rfft2(unit(blocks, (2, 3, 4)))[:, None]  # [N, 1, B, 3, T, T/2+1]
-            corr = torch.fft.irfft2(folded * spectrum, s=(t, t)).sum(dim=3).flatten(3)  # [N, K, B, T*T]
             # Coherent: the mark repeats with one phase over the whole photo, so its peak sits
             # at the same shift in every block and the blocks' maps add up (evidence grows with
             # the square root of the area); photo content and other keys' marks do not.
