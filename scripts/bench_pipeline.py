@@ -9,7 +9,9 @@ For each subject, in one work folder per variant:
 - "genwm-partial": the same with 1/4 of the subject's photos watermarked;
 - "dwtDct", "rivaGan": invisible-watermark's marks (a 32-bit message from the key) through the
   same personalization and synthesis; scored by the fraction of the message their decoder
-  recovers from each generated image (they have no phase 2).
+  recovers from each generated image (they have no phase 2). The package refuses images under
+  256 px: the 64-px photos are marked on a copy enlarged 4x and shrunk back, and images are
+  enlarged 4x to decode.
 Models trained on the clean photos do not depend on the variant: every variant links the
 "genwm" run's clean models and images instead of training them again.
 """
@@ -36,7 +38,7 @@ class BaselineWatermarker:
     def __init__(self, method: str):
         from genwm.baselines import InvisibleWatermark
 
-        self.mark = InvisibleWatermark(method)
+        self.mark = InvisibleWatermark(method, enlarge_small=True)
         self.strength = 1.0
         self.config = {"generator": {"invisible-watermark": method}}
 
