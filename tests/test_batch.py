@@ -344,7 +344,7 @@ def test_baseline_marks_small_images_at_their_own_size():
     message back better than from the clean photo."""
     from genwm.baselines import InvisibleWatermark
 
-    img = Image.fromarray(smooth_photo(64, 64, seed=3))
+    img = Image.fromarray(smooth_photo(64, 64, seed=2))
     before = np.asarray(img).copy()
     refusing = InvisibleWatermark("dwtDct")
     with pytest.raises(RuntimeError):
@@ -353,4 +353,4 @@ def test_baseline_marks_small_images_at_their_own_size():
     message = mark.message_for("k")
     marked = mark.embed(img, message)
     assert marked.size == (64, 64) and np.array_equal(np.asarray(img), before)
-    assert mark.bit_accuracy(marked, [message])[0] > mark.bit_accuracy(img, [message])[0]
+    assert mark.bit_accuracy(marked, [message])[0] > mark.bit_accuracy(img, [message])[0] + 0.15
