@@ -205,6 +205,18 @@ def test_short_phase1_run_raises_detection_accuracy(phase1_run, tmp_path):
     assert metadata["perceptual"] == "lpips-alex-random" and "warning" in metadata
 
 
+def test_validation_attacks_are_checked_up_front():
+    """val_attacks names what selects the exported epoch: an unknown name, or 'vae' without a VAE
+    in the channel, fails before any training."""
+    from genwm.pretrain import WatermarkPretraining
+
+    small = dict(generator={"tile": 8}, detector={"block_periods": 2}, perceptual="lpips-alex-random")
+    assert WatermarkPretraining(**small, val_attacks=["clean", "blur1"]).hparams.val_attacks == ["clean", "blur1"]
+    for attacks in (["clean", "rotate90"], ["clean", "vae"]):
+        with pytest.raises(ValueError, match="val_attacks"):
+            WatermarkPretraining(**small, val_attacks=attacks)
+
+
 def test_trained_detector_tells_marks_keys_and_clean_apart(phase1_run, tmp_path):
     root, _, _ = phase1_run
     wm = Watermarker.from_pretrained(root / "ckpt")
