@@ -17,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from sklearn.metrics import roc_auc_score
 
+from genwm.data import list_images
+from genwm.evaluate import detection_metrics
+from genwm.finetune import load_image
 from genwm.keys import key_bits
 from genwm.models import Detector
 
 
 def load(folder: Path) -> torch.Tensor:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    return torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).float() / 255 for f in files])
+    return torch.stack([load_image(path) for path in list_images(folder)])
 
 
 @torch.no_grad()
@@ -39,7 +39,7 @@ def phase0_and_logit(detector: Detector, images: torch.Tensor, bits: torch.Tenso
 
 
 def auc(marked: np.ndarray, clean: np.ndarray) -> float:
-    return float(roc_auc_score([1] * len(marked) + [0] * len(clean), np.r_[marked, clean]))
+    return detection_metrics(clean, marked)["roc_auc"]
 
 
 def main():
