@@ -8,7 +8,8 @@ D is a keyed matched filter with a learned front end:
    into one T x T tile: the mark adds up coherently, the photo does not;
 3. each folded block is circularly cross-correlated (FFT) with the key's template tile, so any
    shift (a crop) is found; a block's evidence is the correlation peak in standard deviations
-   of its correlation map;
+   of its correlation map (with `whiten`, each frequency first divided by this image's RMS
+   there, so the photo's busiest frequencies count least);
 4. the blocks' correlation maps are summed (the mark has one phase over the whole photo) and
    also their peaks averaged (robust to a slightly wrong scale); the best scale is taken, and
    an affine map gives a logit.
@@ -44,6 +45,11 @@ class DetectorConfig:
     # filter then works from the first step, where small images give a randomly initialised
     # extractor too little signal to learn from (the mini world's 64 px images).
     highpass: bool = False
+    # Divide the folded blocks' spectrum, frequency by frequency, by its RMS over the image's
+    # blocks and channels before correlating (phase correlation's whitening, estimated per
+    # image): photo content is far from white, and a frequency where this photo is busy then
+    # counts less than one where the mark stands out.
+    whiten: bool = False
 
     def __post_init__(self):
         self.scale_range = tuple(self.scale_range)
@@ -122,9 +128,11 @@ class Detector(nn.Module):
         evidence [N, K]: how far each template's correlation peak stands out, in standard
         deviations, at the best scale. The residual is computed once for all K and scales.
 
-        refine (default: when no gradients are needed) searches finer scales around each
+        refine (default: when no gradients are needed) searches finer scales next to each
         image's best one: coherent pooling over a whole photo needs the scale to within a few
-        tenths of a percent; training crops hold a block or two and do without."""
+        tenths of a percent; training crops hold a block or two and do without. The true scale
+        lies between the best coarse scale and its better neighbour, so the 2 * refine_steps
+        finer scales go to that side only (twice as dense as both sides at the same cost)."""
         residual = self.residual(images)
         spectrum = self.template_spectrum(templates)
         scales = self.config.scales()
@@ -134,8 +142,12 @@ class Detector(nn.Module):
         best = list(per_scale.max(dim=0).values.unbind(0))
         if refine if refine is not None else not torch.is_grad_enabled():
             m, step = self.config.refine_steps, self.config.scale_step
-            for n, i in enumerate(per_scale.max(dim=2).values.argmax(dim=0).tolist()):
-                fine = [scales[i] * step ** (j / (2 * m + 1)) for j in range(-m, m + 1) if j]
+            curve = per_scale.max(dim=2).values  # [S', N]: scales too large for the image are missing at the end
+            for n, i in enumerate(curve.argmax(dim=0).tolist()):
+                below = curve[i - 1, n] if i > 0 else -math.inf
+                above = curve[i + 1, n] if i + 1 < len(curve) else -math.inf
+                side = 1 if above >= below else -1
+                fine = [scales[i] * step ** (side * j / (2 * m + 1)) for j in range(1, 2 * m + 1)]
                 found = self.evidence_at(residual[n : n + 1], spectrum[n : n + 1] if len(spectrum) > 1 else spectrum, fine)
                 if found is not None:
                     best[n] = torch.maximum(best[n], found.max(dim=0).values[0])
@@ -162,8 +174,14 @@ class Detector(nn.Module):
         blocks = fold_blocks(residual, t, self.config.block_periods * t)
         if blocks is None:
             return None
-        folded = torch.fft.rfft2(unit(blocks, (2, 3, 4)))[:, None]  # [N, 1, B, 3, T, T/2+1]
-        return torch.fft.irfft2(folded * spectrum, s=(t, t)).sum(dim=3).flatten(3)
+        folded = torch.fft.rfft2(unit(blocks, (2, 3, 4)))  # [N, B, 3, T, T/2+1]
+        if self.config.whiten:
+            power = (folded.real.square() + folded.imag.square()).mean(dim=(1, 2), keepdim=True)
+            # The floor: frequencies a resize or blur emptied are not blown up into noise.
+            # (Squares, not abs: abs has no gradient at 0, and a block may be empty there.)
+            floor = 1e-3 * power.mean(dim=(3, 4), keepdim=True) + 1e-24
+            folded = folded * torch.rsqrt(torch.maximum(power, floor))
+        return torch.fft.irfft2(folded[:, None] * spectrum, s=(t, t)).sum(dim=3).flatten(3)
 
     def evidence_at(self, residual: torch.Tensor, spectrum: torch.Tensor, scales) -> torch.Tensor | None:
         """Evidence [S, N, K] at each of the given scales (None where no scale fits a period)."""
