@@ -47,8 +47,10 @@ def main():
     ap.add_argument("work", type=Path, help="a demo's work folder (subject/ and images/ inside)")
     ap.add_argument("--key", required=True)
     ap.add_argument("--checkpoint", default="checkpoints/genwm-mini", help="the phase-1 checkpoint whose mark was used")
+    ap.add_argument("--whiten", action="store_true", help="read with the detector's per-image whitening on (DetectorConfig.whiten), whatever the checkpoint says")
     args = ap.parse_args()
     detector = Detector.from_pretrained(args.checkpoint).eval()
+    detector.config.whiten = detector.config.whiten or args.whiten
     bits = key_bits(args.key, detector.templates.config.n_bits)[None]
     photos_marked, _ = phase0_and_logit(detector, load(args.work / "subject" / "watermarked"), bits)
     photos_clean, _ = phase0_and_logit(detector, load(args.work / "subject" / "clean"), bits)
