@@ -166,6 +166,9 @@ DEFAULT_CONFIG = {
     "model": {},  # WatermarkPretraining arguments
     "trainer": {"max_epochs": 10, "accelerator": "auto"},  # pl.Trainer arguments
     "calibration": {"dirs": None, "n_keys": 32, "seed": 0},  # None: the data's val_dirs
+    # DetectorConfig options set on the selected detector after training, before its final
+    # validation, export and calibration: how it reads photos (e.g. whiten), not how it trains
+    "read": {},
 }
 
 
@@ -243,6 +246,10 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
     best = trainer.checkpoint_callback.best_model_path
     selected = torch.load(best, map_location="cpu", weights_only=True)
     model.load_state_dict(selected["state_dict"])
+    for name, value in config["read"].items():
+        if not hasattr(model.detector.config, name):
+            raise ValueError(f"read: {name} is not a detector option")
+        setattr(model.detector.config, name, value)
     final = {k: float(v) for k, v in trainer.validate(model, datamodule=data, verbose=False)[0].items()}
     metadata = {
         "phase": 1,
@@ -257,7 +264,8 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
         "selected_epoch": selected["epoch"],
         "fit_wall_seconds": round(time.time() - started),  # this call's; a resumed run counts anew
         "seed": config["seed"],
-        "validation": final,
+        "validation": final,  # of the exported detector, read options included
+        "read": dict(config["read"]),
         "torch_version": torch.__version__,
     }
     if model.hparams.perceptual == "lpips-alex-random":

@@ -386,3 +386,29 @@ def test_whitening_finds_a_mark_under_strong_texture_at_its_frequencies():
             scores = torch.cat([d.logit(marked, bits), d.logit(photos, bits)])
         auc[whiten] = roc_auc_score([1] * 12 + [0] * 12, scores.numpy())
     assert auc[True] > 0.95 and auc[True] > auc[False] + 0.1, auc  # measured: 1.0 and 0.61
+
+
+def test_read_options_change_how_the_exported_detector_reads_not_its_weights(phase1_run, tmp_path):
+    """`read:` is applied to the selected detector after training (the shipped genwm-base was
+    exported this way from a finished run, with --resume)."""
+    import copy
+
+    from genwm.pretrain import pretrain
+
+    root, config, _ = phase1_run
+    cfg = copy.deepcopy(config)
+    # the run as it stands (an earlier test may have resumed it for more epochs): train no further
+    cfg["trainer"]["max_epochs"] = torch.load(root / "run" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] + 1
+    cfg["out"] = str(tmp_path / "plain")
+    pretrain(cfg, resume=True, progress=False)
+    cfg["out"], cfg["read"] = str(tmp_path / "read"), {"whiten": True}
+    metadata = pretrain(cfg, resume=True, progress=False)
+    _, plain, _ = load_checkpoint(tmp_path / "plain")
+    _, read, saved = load_checkpoint(tmp_path / "read")
+    assert read.config.whiten and not plain.config.whiten
+    assert metadata["read"] == saved["metadata"]["read"] == {"whiten": True}
+    assert all(torch.equal(a, b) for a, b in zip(read.state_dict().values(), plain.state_dict().values()))
+    assert (tmp_path / "read" / "calibration.json").is_file()
+    cfg["read"] = {"whitening": True}
+    with pytest.raises(ValueError, match="whitening is not a detector option"):
+        pretrain(cfg, resume=True, progress=False)
