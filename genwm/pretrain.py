@@ -218,6 +218,9 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
     from genwm.checkpoint import save_calibration, save_checkpoint
     from genwm.data import PhotoCropDataModule
 
+    unknown = sorted(set(config["read"]) - set(DetectorConfig.__dataclass_fields__))
+    if unknown:  # before training, not after it
+        raise ValueError(f"read: {', '.join(unknown)} is not a detector option")
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     run_dir, out = Path(config["run_dir"]), Path(config["out"])
     model = WatermarkPretraining(**config["model"])
@@ -247,8 +250,6 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
     selected = torch.load(best, map_location="cpu", weights_only=True)
     model.load_state_dict(selected["state_dict"])
     for name, value in config["read"].items():
-        if not hasattr(model.detector.config, name):
-            raise ValueError(f"read: {name} is not a detector option")
         setattr(model.detector.config, name, value)
     final = {k: float(v) for k, v in trainer.validate(model, datamodule=data, verbose=False)[0].items()}
     metadata = {
