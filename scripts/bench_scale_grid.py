@@ -21,18 +21,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_watermark import Genwm, attack, load_photos  # noqa: E402
+from bench_watermark import Genwm, load_photos, marked_and_clean_scores  # noqa: E402
 
 from genwm.checkpoint import read_config  # noqa: E402
 
 
 def auc(method: Genwm, photos, attack_name: str, n_keys: int) -> float:
-    rng = np.random.default_rng(0)
-    pos, neg = [], []
-    for _, img in photos:
-        keys = [f"scale-grid-{i}" for i in range(n_keys)]
-        neg.extend(method.scores(attack(img, attack_name, rng), keys))
-        pos.extend(method.scores(attack(method.embed(img, k), attack_name, rng), [k])[0] for k in keys)
+    pos, neg = marked_and_clean_scores(method, photos, attack_name, lambda _: [f"scale-grid-{i}" for i in range(n_keys)])
     return roc_auc_score([1] * len(pos) + [0] * len(neg), np.r_[pos, neg])
 
 

@@ -54,6 +54,18 @@ def attack(img: Image.Image, name: str, rng: np.random.Generator) -> Image.Image
 ATTACKS = ("clean", "jpeg75", "jpeg50", "resize0.5", "crop0.8", "blur1", "noise0.02")
 
 
+def marked_and_clean_scores(method, photos, attack_name: str, keys_of) -> tuple[np.ndarray, np.ndarray]:
+    """Scores after one attack: each photo's copy marked with each of keys_of(photo name),
+    scored for its key, and the clean photo scored for all of them -> (marked, clean)."""
+    rng = np.random.default_rng(0)
+    pos, neg = [], []
+    for name, img in photos:
+        keys = keys_of(name)
+        neg.extend(method.scores(attack(img, attack_name, rng), keys))
+        pos.extend(method.scores(attack(method.embed(img, k), attack_name, rng), [k])[0] for k in keys)
+    return np.array(pos), np.array(neg)
+
+
 def load_photos(folder) -> list[tuple[str, Image.Image]]:
     from genwm.images import find_images, load_image
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_watermark import Genwm, attack, load_photos  # noqa: E402
+from bench_watermark import Genwm, load_photos, marked_and_clean_scores  # noqa: E402
 
 from genwm.evaluate import detection_metrics  # noqa: E402
 
@@ -35,13 +35,7 @@ def main():
     for whiten in (False, True):
         method.detector.config.whiten = whiten
         for name in args.attacks:
-            rng = np.random.default_rng(0)
-            pos, neg = [], []
-            for photo, img in photos:
-                keys = [f"whiten-{photo}-{i}" for i in range(args.keys)]
-                neg.extend(method.scores(attack(img, name, rng), keys))
-                pos.extend(method.scores(attack(method.embed(img, k), name, rng), [k])[0] for k in keys)
-            pos, neg = np.array(pos), np.array(neg)
+            pos, neg = marked_and_clean_scores(method, photos, name, lambda photo: [f"whiten-{photo}-{i}" for i in range(args.keys)])
             z = (pos - neg.mean()) / neg.std()
             auc = detection_metrics(neg, pos)["roc_auc"]
             print(f"| {whiten} | {name} | {auc:.4f} | {np.median(z):.1f} | {np.quantile(z, 0.05):.1f} |", flush=True)
