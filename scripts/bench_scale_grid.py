@@ -47,7 +47,7 @@ def null_by_scale(method: Genwm, photos, n_keys: int) -> None:
             residual = d.residual(d.to_canonical(torch.from_numpy(to_float_rgb(img)).permute(2, 0, 1)))
             found = d.evidence_at(residual, spectrum, scales)
             if found is not None and len(found) == len(scales):
-                columns.append(found[:, 0].numpy())
+                columns.append(found[:, 0, 0].numpy())
     a = np.concatenate(columns, axis=1)
     print(f"clean evidence per scale over {a.shape[1]} photo-key pairs: mean, sd, max")
     for s, row in zip(scales, a):

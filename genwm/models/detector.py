@@ -39,6 +39,11 @@ class DetectorConfig:
     scale_range: tuple = (0.45, 1.6)  # mark scales searched, relative to canonical
     scale_step: float = 1.05  # ratio between neighbouring scales
     refine_steps: int = 5  # finer scales searched each side of the best one (see Detector.evidence)
+    # When reading whole photos (as refine): at each coarse scale, look for a scale error of up
+    # to half a step, in this many steps each way, by shifting each block's correlation map by
+    # the drift such an error causes at the block's position, and read the scale found too
+    # (see Detector.evidence); 0: off.
+    drift_steps: int = 0
     coherent: bool = True  # also sum the blocks' correlation maps (False: per-block peaks only, the first detector)
     max_side: int = 1024  # longer sides are centre-cropped after scale normalisation
     # Add a fixed high-pass (image minus its 3x3 blur) to the learned residual: the matched
@@ -77,18 +82,43 @@ class DetectorConfig:
         k_lo, k_hi = math.ceil(math.log(lo) / math.log(self.scale_step)), math.floor(math.log(hi) / math.log(self.scale_step))
         return [self.scale_step**k for k in range(k_lo, k_hi + 1)]
 
+    def drifts(self) -> list[float]:
+        """Relative scale errors tried at each coarse scale: half a step each way, and one drift
+        step more, so that a peak halfway between two coarse scales is seen whole from both."""
+        n = self.drift_steps
+        half = math.sqrt(self.scale_step) - 1
+        return [half * j / n for j in range(-n - 1, n + 2)] if n else [0.0]
+
     def to_dict(self):
         return asdict(self)
+
+
+def block_grid(h: int, w: int, period: int, block: int) -> tuple[int, int, int, int] | None:
+    """The blocks fold_blocks cuts an h x w image into: (block height, width, rows, columns);
+    None if the image holds no whole period."""
+    bh, bw = min(block, h // period * period), min(block, w // period * period)
+    if bh == 0 or bw == 0:
+        return None
+    return bh, bw, h // bh, w // bw
+
+
+def block_centres(h: int, w: int, period: int, block: int) -> torch.Tensor:
+    """[B, 2] (y, x) of fold_blocks' blocks' centres, in pixels from the centre of the area
+    they cover, in fold_blocks' order."""
+    bh, bw, nh, nw = block_grid(h, w, period, block)
+    y = (torch.arange(nh) + 0.5 - nh / 2) * bh
+    x = (torch.arange(nw) + 0.5 - nw / 2) * bw
+    return torch.stack(torch.meshgrid(y, x, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
 def fold_blocks(residual: torch.Tensor, period: int, block: int) -> torch.Tensor | None:
     """[N, C, H, W] -> [N, blocks, C, period, period]: each block's periods averaged. None if
     the image holds no whole period."""
     n, c, h, w = residual.shape
-    bh, bw = min(block, h // period * period), min(block, w // period * period)
-    if bh == 0 or bw == 0:
+    grid = block_grid(h, w, period, block)
+    if grid is None:
         return None
-    nh, nw = h // bh, w // bw
+    bh, bw, nh, nw = grid
     x = residual[..., : nh * bh, : nw * bw].reshape(n, c, nh, bh // period, period, nw, bw // period, period)
     return x.mean(dim=(3, 6)).permute(0, 2, 4, 1, 3, 5).reshape(n, nh * nw, c, period, period)
 
@@ -131,26 +161,43 @@ class Detector(nn.Module):
         refine (default: when no gradients are needed) searches finer scales next to each
         image's best one: coherent pooling over a whole photo needs the scale to within a few
         tenths of a percent; training crops hold a block or two and do without. The true scale
-        lies between the best coarse scale and its better neighbour, so the 2 * refine_steps
-        finer scales go to that side only (twice as dense as both sides at the same cost)."""
+        lies between the best coarse scale and its better neighbour, so 2 * refine_steps finer
+        scales go to that side only. With drift_steps, where the coherent peak is best is also
+        located to within a drift step, and that scale and its neighbours half a drift step away
+        are read too: on a weak mark, the coarse scales' own curve may not rise near it at all."""
         residual = self.residual(images)
         spectrum = self.template_spectrum(templates)
         scales = self.config.scales()
-        per_scale = self.evidence_at(residual, spectrum, scales)  # [S, N, K]
-        if per_scale is None:
+        refine = refine if refine is not None else not torch.is_grad_enabled()
+        drifts = self.config.drifts() if refine else [0.0]
+        stats = self.statistics_at(residual, spectrum, scales, drifts)
+        if stats is None:
             raise ValueError(f"image of {tuple(images.shape[-2:])} px is smaller than one period of the mark")
-        best = list(per_scale.max(dim=0).values.unbind(0))
-        if refine if refine is not None else not torch.is_grad_enabled():
-            m, step = self.config.refine_steps, self.config.scale_step
-            curve = per_scale.max(dim=2).values  # [S', N]: scales too large for the image are missing at the end
-            for n, i in enumerate(curve.argmax(dim=0).tolist()):
-                below = curve[i - 1, n] if i > 0 else -math.inf
-                above = curve[i + 1, n] if i + 1 < len(curve) else -math.inf
-                side = 1 if above >= below else -1
-                fine = [scales[i] * step ** (side * j / (2 * m + 1)) for j in range(1, 2 * m + 1)]
-                found = self.evidence_at(residual[n : n + 1], spectrum[n : n + 1] if len(spectrum) > 1 else spectrum, fine)
-                if found is not None:
-                    best[n] = torch.maximum(best[n], found.max(dim=0).values[0])
+        coherent, incoherent, height = stats
+        # Evidence from the coarse scales as they are: the drifts only say where to look (read
+        # as evidence, their many extra hypotheses would lift the clean photos' scores as well).
+        per_scale = self.combine(coherent[:, [drifts.index(0.0)]], incoherent)[:, 0]  # [S', N, K]; scales too large for the image are missing at the end
+        best = list(per_scale.amax(dim=0).unbind(0))
+        if not refine:
+            return torch.stack(best)
+        m, step = self.config.refine_steps, self.config.scale_step
+        for n in range(len(best)):
+            curve = per_scale[:, n].amax(dim=1)  # [S']
+            i = curve.argmax().item()
+            below = curve[i - 1] if i > 0 else -math.inf
+            above = curve[i + 1] if i + 1 < len(curve) else -math.inf
+            side = 1 if above >= below else -1
+            fine = [scales[i] * step ** (side * j / (2 * m + 1)) for j in range(1, 2 * m + 1)]
+            if len(drifts) > 1:
+                # the scale by the coherent statistic (the incoherent one is flat in the drift),
+                # the drift within it by the peak's height
+                i = coherent[:, :, n].amax(dim=(1, 2)).argmax().item()
+                d = height[i, :, n].amax(dim=1).argmax().item()
+                half_step = (drifts[1] - drifts[0]) / 2
+                fine += [scales[i] * (1 + drifts[d] + j * half_step) for j in (-1, 0, 1)]
+            found = self.evidence_at(residual[n : n + 1], spectrum[n : n + 1] if len(spectrum) > 1 else spectrum, fine)
+            if found is not None:
+                best[n] = torch.maximum(best[n], found.amax(dim=(0, 1))[0])
         return torch.stack(best)
 
     @staticmethod
@@ -167,9 +214,10 @@ class Detector(nn.Module):
             residual = residual + x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
         return residual
 
-    def correlation_maps(self, residual: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor | None:
-        """Each block's circular correlation with each template, [N, K, B, T*T] (shift dy * T + dx
-        last), for a residual already at the mark's scale; None if it holds no whole block."""
+    def correlation_spectra(self, residual: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor | None:
+        """The spectra of each block's circular correlation with each template, summed over
+        channels, [N, K, B, T, T/2+1], for a residual already at the mark's scale; None if it
+        holds no whole block."""
         t = self.config.tile
         blocks = fold_blocks(residual, t, self.config.block_periods * t)
         if blocks is None:
@@ -181,32 +229,76 @@ class Detector(nn.Module):
             # (Squares, not abs: abs has no gradient at 0, and a block may be empty there.)
             floor = 1e-3 * power.mean(dim=(3, 4), keepdim=True) + 1e-24
             folded = folded * torch.rsqrt(torch.maximum(power, floor))
-        return torch.fft.irfft2(folded[:, None] * spectrum, s=(t, t)).sum(dim=3).flatten(3)
+        return (folded[:, None] * spectrum).sum(dim=3)
 
-    def evidence_at(self, residual: torch.Tensor, spectrum: torch.Tensor, scales) -> torch.Tensor | None:
-        """Evidence [S, N, K] at each of the given scales (None where no scale fits a period)."""
-        out = []
+    def correlation_maps(self, residual: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor | None:
+        """Each block's circular correlation with each template, [N, K, B, T*T] (shift dy * T + dx
+        last), for a residual already at the mark's scale; None if it holds no whole block."""
+        spectra = self.correlation_spectra(residual, spectrum)
+        t = self.config.tile
+        return None if spectra is None else torch.fft.irfft2(spectra, s=(t, t)).flatten(3)
+
+    def drift_ramps(self, height: int, width: int, drifts) -> torch.Tensor:
+        """[D, B, T, T/2+1]: for each relative scale error, the phase ramps that move each block's
+        correlation map back by the drift that error causes at the block's position. At scale
+        s(1 + e), a block centred c pixels from the middle sees the mark shifted by e * c."""
+        t = self.config.tile
+        centres = block_centres(height, width, t, self.config.block_periods * t)  # [B, 2]
+        fy, fx = torch.fft.fftfreq(t), torch.fft.rfftfreq(t)
+        phase = centres[:, 0, None, None] * fy[:, None] + centres[:, 1, None, None] * fx  # [B, T, T/2+1]
+        e = torch.tensor(drifts, dtype=phase.dtype)[:, None, None, None]
+        return torch.polar(torch.ones(()), 2 * math.pi * e * phase)
+
+    def evidence_at(self, residual: torch.Tensor, spectrum: torch.Tensor, scales, drifts=(0.0,)) -> torch.Tensor | None:
+        """Evidence [S, D, N, K] at each of the given scales, each s also read as s * (1 + e) for
+        each e in drifts (None where no scale fits a period)."""
+        found = self.statistics_at(residual, spectrum, scales, drifts)
+        return None if found is None else self.combine(*found[:2])
+
+    def combine(self, coherent: torch.Tensor, incoherent: torch.Tensor) -> torch.Tensor:
+        """statistics_at's pair -> evidence [S, D, N, K]."""
+        incoherent = incoherent[:, None].expand_as(coherent)
+        return torch.maximum(coherent, incoherent) if self.config.coherent else incoherent
+
+    def statistics_at(self, residual: torch.Tensor, spectrum: torch.Tensor, scales, drifts=(0.0,)):
+        """The two statistics evidence_at takes the larger of, coherent [S, D, N, K] and
+        incoherent [S, N, K], and the coherent peak's height above its map's mean [S, D, N, K]
+        (None where no scale fits a period). The height, unlike the coherent statistic, does
+        not saturate on a strong mark (whose own peak then sets its map's spread), so it tells
+        apart the drifts at one scale, which share their blocks and so their noise."""
+        coherent, incoherent, heights = [], [], []
+        t = self.config.tile
         for s in scales:
             r = residual
             if abs(s - 1) > 1e-6:
                 # Plain bilinear: the residual is already high-passed, and antialiasing costs
-                # more than the rest of the search together.
-                size = (round(residual.shape[-2] / s), round(residual.shape[-1] / s))
-                r = F.interpolate(residual, size=size, mode="bilinear", align_corners=False)
-            corr = self.correlation_maps(r, spectrum)
-            if corr is None:
+                # more than the rest of the search together. Sampled at exactly 1 / s (not at
+                # whatever a whole number of output pixels gives): on a small image, rounding
+                # the size moves the scale by more than a whole photo's peak is wide.
+                r = F.interpolate(residual, scale_factor=1 / s, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+            spectra = self.correlation_spectra(r, spectrum)  # [N, K, B, T, T/2+1]
+            if spectra is None:
                 continue
             # Coherent: the mark repeats with one phase over the whole photo, so its peak sits
             # at the same shift in every block and the blocks' maps add up (evidence grows with
-            # the square root of the area); photo content and other keys' marks do not.
-            total = corr.sum(dim=2)
-            coherent = (total.max(dim=-1).values - total.mean(dim=-1)) / total.std(dim=-1).clamp_min(1e-12) - self.null_peak
+            # the square root of the area); photo content and other keys' marks do not. A scale
+            # slightly off moves the peak in proportion to the block's distance from the middle:
+            # moved back, the maps add up again.
+            if list(drifts) == [0.0]:
+                total = spectra.sum(dim=2)[None]
+            else:
+                ramps = self.drift_ramps(r.shape[-2], r.shape[-1], drifts).to(spectra.device)
+                total = torch.einsum("nkbyx,dbyx->dnkyx", spectra, ramps)
+            total = torch.fft.irfft2(total, s=(t, t)).flatten(3)  # [D, N, K, T*T]
+            height = total.max(dim=-1).values - total.mean(dim=-1)
+            heights.append(height)
+            coherent.append(height / total.std(dim=-1).clamp_min(1e-12) - self.null_peak)
             # Incoherent: each block's own peak, averaged; survives a slightly wrong scale, where
             # the peak drifts from block to block. sqrt(blocks) makes the null spread size-free.
+            corr = torch.fft.irfft2(spectra, s=(t, t)).flatten(3)  # [N, K, B, T*T]
             peak = (corr.max(dim=-1).values - corr.mean(dim=-1)) / corr.std(dim=-1).clamp_min(1e-12)
-            incoherent = (peak.mean(dim=-1) - self.null_peak) * math.sqrt(peak.shape[-1])
-            out.append(torch.maximum(coherent, incoherent) if self.config.coherent else incoherent)
-        return torch.stack(out) if out else None
+            incoherent.append((peak.mean(dim=-1) - self.null_peak) * math.sqrt(peak.shape[-1]))
+        return (torch.stack(coherent), torch.stack(incoherent), torch.stack(heights)) if coherent else None
 
     def logits_for(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
         """Binary logits [N, K] for bits [N or 1, K, n_bits]: each image against K keys."""
