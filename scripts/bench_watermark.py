@@ -4,8 +4,9 @@ rivaGan, side by side in one run, on held-out photos that no phase-1 step saw.
     python scripts/bench_watermark.py --photos data/photos/bench --checkpoint checkpoints/genwm-base \
         --out docs/results/bench_watermark
 
-For each photo (longer side capped at 768 px) and each of K keys (random 32-bit messages for
-the baselines), the photo is marked; marked and clean copies then go through each attack.
+For each photo (longer side capped at --max-side, 768 px) and each of K keys (random 32-bit
+messages for the baselines), the photo is marked; marked and clean copies then go through each
+attack.
 Scores: genwm's detector logit for the key; for the baselines, the fraction of the message's
 bits their decoder recovers. Positives are marked copies, negatives the clean copies scored
 for the same key. Detection ROC AUC and TPR at 1% FPR come from sklearn. Quality is PSNR,
@@ -37,8 +38,9 @@ def attack(img: Image.Image, name: str, rng: np.random.Generator) -> Image.Image
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=int(name[4:]))
         return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    if name == "resize0.5":
-        return img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS)
+    if name.startswith("resize"):
+        factor = float(name[6:])
+        return img.resize((int(img.width * factor), int(img.height * factor)), Image.Resampling.LANCZOS)  # floor: resize0.5 halves as w // 2
     if name == "crop0.8":
         w, h = round(img.width * 0.8), round(img.height * 0.8)
         left, top = (img.width - w) // 2, (img.height - h) // 2
@@ -66,13 +68,13 @@ def marked_and_clean_scores(method, photos, attack_name: str, keys_of) -> tuple[
     return np.array(pos), np.array(neg)
 
 
-def load_photos(folder) -> list[tuple[str, Image.Image]]:
+def load_photos(folder, max_side: int = MAX_SIDE) -> list[tuple[str, Image.Image]]:
     from genwm.images import find_images, load_image
 
     photos = []
     for path, _ in find_images([folder]):
         img = load_image(path).image.convert("RGB")
-        s = MAX_SIDE / max(img.size)
+        s = max_side / max(img.size)
         if s < 1:
             img = img.resize((round(img.width * s), round(img.height * s)), Image.Resampling.LANCZOS)
         photos.append((path.name, img))
@@ -245,6 +247,7 @@ def main():
     ap.add_argument("--keys", type=int, default=8, help="keys (messages) per photo")
     ap.add_argument("--methods", nargs="+", default=["genwm", *BASELINES])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-side", type=int, default=MAX_SIDE, help="photos larger than this are first resized to it (lanczos)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
 
@@ -255,7 +258,7 @@ def main():
     perceptual = {"effnet": load_perceptual("effnet-lite0")}
     if real_lpips_available():
         perceptual["lpips"] = load_perceptual("lpips-alex")
-    photos = load_photos(args.photos)
+    photos = load_photos(args.photos, args.max_side)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, separation, spectrum = [], None, None
