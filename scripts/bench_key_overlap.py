@@ -12,6 +12,7 @@ import torch
 from genwm.checkpoint import load_checkpoint
 from genwm.keys import random_bits
 from genwm.models import WatermarkGenerator
+from genwm.models.generator import cycles_per_tile
 from genwm.pretrain import key_overlap
 
 
@@ -19,9 +20,7 @@ def band_energy(tiles: torch.Tensor, cutoffs=(4, 8)) -> dict:
     """Fraction of tiles' [B, C, T, T] energy at up to each cutoff, in cycles per tile (the
     larger of |kx| and |ky|)."""
     energy = torch.fft.fft2(tiles[:, 0]).abs().pow(2).sum(dim=0)
-    t = tiles.shape[-1]
-    k = (torch.fft.fftfreq(t) * t).abs()
-    cycles = torch.maximum(k[:, None], k[None])
+    cycles = cycles_per_tile(tiles.shape[-1])
     return {c: float(energy[cycles <= c].sum() / energy.sum()) for c in cutoffs}
 
 

@@ -54,12 +54,17 @@ def pattern_scale(height: int, width: int, canonical_size: int) -> float:
     return max(1.0, min(height, width) / canonical_size)
 
 
-def lowpass_gain(tile: int, cutoff: int) -> torch.Tensor:
-    """A gain [T, T/2+1] for WatermarkGenerator: 1 up to `cutoff` cycles per tile (the larger
-    of |kx| and |ky|), 0 above it."""
+def cycles_per_tile(tile: int, onesided: bool = False) -> torch.Tensor:
+    """Each frequency of a tile's 2-D FFT in cycles per tile, the larger of |kx| and |ky|:
+    [T, T], or [T, T/2+1] (an rfft's) when onesided."""
     k = (torch.fft.fftfreq(tile) * tile).abs()
-    kr = torch.fft.rfftfreq(tile) * tile
-    return (torch.maximum(k[:, None], kr[None]) <= cutoff).float()
+    kx = torch.fft.rfftfreq(tile) * tile if onesided else k
+    return torch.maximum(k[:, None], kx[None])
+
+
+def lowpass_gain(tile: int, cutoff: int) -> torch.Tensor:
+    """A gain [T, T/2+1] for WatermarkGenerator: 1 up to `cutoff` cycles per tile, 0 above it."""
+    return (cycles_per_tile(tile, onesided=True) <= cutoff).float()
 
 
 class WatermarkGenerator(nn.Module):
