@@ -6,12 +6,14 @@ For each photo (one key per photo): the logit of the marked copy, of the marked 
 attack, and of the clean photo after the attack; sorted by the second, weakest first.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_read import checked_read_options  # noqa: E402
 from bench_watermark import Genwm, attack, load_photos  # noqa: E402
 
 
@@ -21,8 +23,11 @@ def main():
     ap.add_argument("--photos", default="data/photos/calib")
     ap.add_argument("--attack", default="resize0.5")
     ap.add_argument("--top", type=int, default=0, help="print only the weakest this many (0: all)")
+    ap.add_argument("--read", type=json.loads, default={}, help="a JSON object of detector options ({}: as the checkpoint reads)")
     args = ap.parse_args()
     method = Genwm(args.checkpoint)
+    checked_read_options(method.detector.config, [args.read])
+    vars(method.detector.config).update(args.read)
     rng = np.random.default_rng(0)
     rows = []
     for name, img in load_photos(args.photos):

@@ -32,6 +32,12 @@ BASELINES = ("dwtDct", "dwtDctSvd", "rivaGan")
 
 
 def attack(img: Image.Image, name: str, rng: np.random.Generator) -> Image.Image:
+    """One named attack, or several joined by "+" applied left to right (resize0.8+jpeg85: what
+    a site that shrinks and recompresses does)."""
+    if "+" in name:
+        for part in name.split("+"):
+            img = attack(img, part, rng)
+        return img
     if name == "clean":
         return img
     if name.startswith("jpeg"):
