@@ -1,6 +1,6 @@
 """Diagnostic: a checkpoint's detector read with different reading options (DetectorConfig
-fields such as whiten or drift_steps), no retraining: ROC AUC, TPR at FPR <= 1 %, and the marked photos' logits as
-z-scores of the clean photos' (median and 5th percentile), per attack.
+fields such as whiten or drift_steps), no retraining: ROC AUC, TPR at FPR <= 1 %, and the
+marked photos' logits as z-scores of the clean photos' (median and 5th percentile), per attack.
 
     python scripts/bench_read.py --checkpoint CKPT --photos data/photos/calib \
         --read '{"whiten": false}' '{"whiten": true}' --attacks resize0.5 jpeg50
