@@ -218,9 +218,10 @@ def pretrain(config: dict, resume: bool = False, progress: bool = True) -> dict:
     from genwm.checkpoint import save_calibration, save_checkpoint
     from genwm.data import PhotoCropDataModule
 
-    unknown = sorted(set(config["read"]) - set(DetectorConfig.__dataclass_fields__))
-    if unknown:  # before training, not after it
-        raise ValueError(f"read: {', '.join(unknown)} is not a detector option")
+    try:  # before training, not after it
+        DetectorConfig.check_options(config["read"])
+    except ValueError as e:
+        raise ValueError(f"read: {e}") from None
     pl.seed_everything(config["seed"], workers=True, verbose=False)
     run_dir, out = Path(config["run_dir"]), Path(config["out"])
     model = WatermarkPretraining(**config["model"])

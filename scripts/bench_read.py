@@ -22,17 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_watermark import Genwm, load_photos, marked_and_clean_scores  # noqa: E402
 
 from genwm.evaluate import detection_metrics  # noqa: E402
+from genwm.models.detector import DetectorConfig  # noqa: E402
 
 
 def checked_read_options(config, reads: list[dict]) -> dict:
     """The detector's options as the checkpoint sets them, after checking that every --read
     names only detector options (before any long pass starts)."""
-    shipped = dict(vars(config))
     for options in reads:
-        unknown = set(options) - set(shipped)
-        if unknown:
-            sys.exit(f"error: not detector options: {', '.join(sorted(unknown))}")
-    return shipped
+        try:
+            DetectorConfig.check_options(options)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+    return dict(vars(config))
 
 
 def main():

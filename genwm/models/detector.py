@@ -92,6 +92,13 @@ class DetectorConfig:
     def to_dict(self):
         return asdict(self)
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Raise ValueError naming any key of options that is not a DetectorConfig field."""
+        unknown = sorted(set(options) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)} is not a detector option")
+
 
 def block_grid(h: int, w: int, period: int, block: int) -> tuple[int, int, int, int] | None:
     """The blocks fold_blocks cuts an h x w image into: (block height, width, rows, columns);
