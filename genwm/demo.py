@@ -203,6 +203,8 @@ def run_demo(out, config_path=DEFAULT_CONFIG, subject_index: int | None = None, 
         "watermark": record["watermark"],
         "methods": {"fine_tuning": evaluation["fine_tuning"]["methods"], "unknown": evaluation["test"]["unknown_method"]},
         "results": results,
+        # where phase 2 found the mark in the generated images (None: it searched, not located)
+        "location": (detector.checkpoint_config.get("metadata") or {}).get("location"),
         "quality": quality,
         "evaluation": str((work / "evaluation" / "evaluation.json").relative_to(out)),  # from this report's folder
         "scores_check": {"known_auc_recomputed": detection_metrics(settings["known"]["logits"]["clean"], settings["known"]["logits"]["watermarked"])["roc_auc"]},

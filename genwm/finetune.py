@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from genwm.calibration import make_calibration
-from genwm.channel import ATTACKS, PublishingChannel
+from genwm.channel import ATTACKS, ChannelConfig, PublishingChannel
 from genwm.checkpoint import save_calibration, save_checkpoint
 from genwm.images import to_float_rgb
 from genwm.keys import key_bits, key_fingerprint
@@ -39,6 +39,11 @@ class FinetuneConfig:
     holdout_fraction: float = 0.2  # of each side; the clean part is the calibration null
     crop: int | None = None  # training crop side at the detector's scale; None: the smallest image side
     channel: bool = True  # train through the publishing channel (JPEG, resizing, blur, ...)
+    # Find where the personalized models draw the mark (the scale and shift that tell S_w's
+    # training images from S's best) and make D read there alone (DetectorConfig.located).
+    # Training then sees whole images from their top-left corner, through a channel that keeps
+    # the geometry (no resizing or cropping), so the place stays where it was found.
+    locate: bool = False
     seed: int = 0
     alpha_image: float = 0.01
     calibration_attacks: list = field(default_factory=lambda: list(ATTACKS))
@@ -89,13 +94,17 @@ def split_holdout(files: list[Path], fraction: float, generator: torch.Generator
     return [f for i, f in enumerate(files) if i not in held], [files[i] for i in held]
 
 
-def crop_to(image: torch.Tensor, side: int, random: bool) -> torch.Tensor:
+def crop_to(image: torch.Tensor, side: int, anchor: str) -> torch.Tensor:
+    """A square crop of `side` (at most the image's): at a random place, the centre, or the
+    top-left corner ("origin", which keeps every position's shift within the tile)."""
     h, w = image.shape[-2:]
     side = min(side, h, w)
-    if random:
+    if anchor == "random":
         top, left = int(torch.randint(0, h - side + 1, ())), int(torch.randint(0, w - side + 1, ()))
-    else:
+    elif anchor == "centre":
         top, left = (h - side) // 2, (w - side) // 2
+    else:
+        top, left = 0, 0
     return image[..., top : top + side, left : left + side]
 
 
@@ -103,14 +112,14 @@ class LabeledImages(Dataset):
     """Images already at the detector's canonical scale, with labels; square crops of one side
     so that a batch stacks (the detector pools globally, so a crop still holds the mark)."""
 
-    def __init__(self, images: list[torch.Tensor], labels: list[int], crop: int, random_crop: bool):
-        self.images, self.labels, self.crop, self.random_crop = images, labels, crop, random_crop
+    def __init__(self, images: list[torch.Tensor], labels: list[int], crop: int, anchor: str):
+        self.images, self.labels, self.crop, self.anchor = images, labels, crop, anchor
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
-        return crop_to(self.images[i], self.crop, self.random_crop), torch.tensor(float(self.labels[i]))
+        return crop_to(self.images[i], self.crop, self.anchor), torch.tensor(float(self.labels[i]))
 
 
 class DetectorDataModule(pl.LightningDataModule):
@@ -147,11 +156,13 @@ class DetectorDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         images = self.images["train_clean"] + self.images["train_watermarked"]
         labels = [0] * len(self.images["train_clean"]) + [1] * len(self.images["train_watermarked"])
-        return DataLoader(LabeledImages(images, labels, self.crop, True), batch_size=self.config.batch_size, shuffle=True)
+        anchor = "origin" if self.detector.config.located is not None else "random"
+        return DataLoader(LabeledImages(images, labels, self.crop, anchor), batch_size=self.config.batch_size, shuffle=True)
 
     def val_dataloader(self):
         labels = [0] * len(self.images["holdout_clean"]) + [1] * len(self.images["holdout_watermarked"])
-        return DataLoader(LabeledImages(self.holdout_images(), labels, self.eval_crop, False), batch_size=self.config.batch_size)
+        anchor = "origin" if self.detector.config.located is not None else "centre"
+        return DataLoader(LabeledImages(self.holdout_images(), labels, self.eval_crop, anchor), batch_size=self.config.batch_size)
 
 
 class DetectorFineTuner(pl.LightningModule):
@@ -161,7 +172,9 @@ class DetectorFineTuner(pl.LightningModule):
         super().__init__()
         self.detector, self.config = detector, config
         self.register_buffer("bits", bits.reshape(1, -1).float())
-        self.channel = PublishingChannel() if config.channel else None
+        # A located D reads one place: the channel may not move it (no resizing or cropping).
+        geometry = {"p_rescale": 0.0, "p_crop": 0.0} if detector.config.located is not None else {}
+        self.channel = PublishingChannel(ChannelConfig(**geometry)) if config.channel else None
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def training_step(self, batch, batch_idx):
@@ -213,6 +226,31 @@ def holdout_metrics(detector: Detector, data: DetectorDataModule, bits: torch.Te
     return detection_metrics(logits_of(detector, data.images["holdout_clean"], bits), logits_of(detector, data.images["holdout_watermarked"], bits))
 
 
+@torch.no_grad()
+def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torch.Tensor], bits: torch.Tensor) -> dict:
+    """Where personalized models draw the key's mark: among the detector's scales and every
+    shift of the tile, the place whose z-score (Detector.shift_z) tells the watermarked-model
+    images from the clean-model images best, by Welch's t over the images. A model learns the
+    mark as a texture tied to the image grid, so all its images carry it at one place, which
+    the mimic's resizing and cropping of the photos decided. -> {"scale", "dy", "dx", "t"}."""
+    detector.eval()
+    spectrum = detector.template_spectrum(detector.templates(bits.reshape(1, -1).float())[:, None])
+    residuals = {side: [detector.residual(x[None]) for x in images] for side, images in (("clean", clean), ("watermarked", watermarked))}
+    t_size, best = detector.config.tile, None
+    for scale in detector.config.scales():
+        z = {side: [detector.shift_z(r, spectrum, scale) for r in rs] for side, rs in residuals.items()}
+        if any(v is None for vs in z.values() for v in vs):
+            continue  # some image holds no block at this scale
+        c, m = (torch.cat(z[side])[:, 0] for side in ("clean", "watermarked"))  # [n, T*T]
+        t = (m.mean(0) - c.mean(0)) / (m.var(0) / len(m) + c.var(0) / len(c)).sqrt().clamp_min(1e-12)
+        i = int(t.argmax())
+        if best is None or t[i] > best["t"]:
+            best = {"scale": scale, "dy": i // t_size, "dx": i % t_size, "t": float(t[i])}
+    if best is None:
+        raise ValueError("no scale of the mark fits a block of these images; they are too small to locate it")
+    return best
+
+
 def finetune_detector(clean, watermarked, detector, out, key: str, config: FinetuneConfig | None = None, extra_metadata: dict | None = None) -> dict:
     """Fine-tune `detector` (a checkpoint path or a Detector) on S = images in `clean` (a folder
     or a list of folders) and S_w = images in `watermarked`, for `key`; write a detector
@@ -231,6 +269,12 @@ def finetune_detector(clean, watermarked, detector, out, key: str, config: Finet
     data = DetectorDataModule(detector, clean, watermarked, config)
     data.setup()
     before = holdout_metrics(detector, data, bits)
+    location = None
+    if config.locate:
+        location = locate(detector, data.images["train_clean"], data.images["train_watermarked"], bits)
+        detector.config.located = (location["scale"], location["dy"], location["dx"])
+        data.crop = data.eval_crop = min(min(x.shape[-2:]) for x in data.images["train_clean"] + data.images["train_watermarked"] + data.holdout_images())
+        location["holdout_metrics_located"] = holdout_metrics(detector, data, bits)
     module = DetectorFineTuner(detector, bits, config)
     with tempfile.TemporaryDirectory(prefix="genwm-finetune-") as root:
         trainer = pl.Trainer(
@@ -275,6 +319,7 @@ def finetune_detector(clean, watermarked, detector, out, key: str, config: Finet
         "config": config.to_dict(),
         "epochs_run": trainer.current_epoch,
         "holdout_metrics_before": before,
+        "location": location,
         "holdout_metrics_after": after,
         **(extra_metadata or {}),
     }

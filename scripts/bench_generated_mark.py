@@ -33,8 +33,7 @@ def load(folder: Path) -> torch.Tensor:
 def phase0_and_logit(detector: Detector, images: torch.Tensor, bits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """z-score of the summed correlation at shift 0, and the detector's own logit, per image."""
     spectrum = detector.template_spectrum(detector.templates(bits)[:, None])
-    total = detector.correlation_maps(detector.residual(images), spectrum).sum(dim=2)[:, 0]  # [N, T*T]
-    z = (total[:, 0] - total.mean(dim=-1)) / total.std(dim=-1)
+    z = detector.shift_z(detector.residual(images), spectrum, 1.0)[:, 0, 0]
     return z.numpy(), detector.logit(images, bits).numpy()
 
 

@@ -29,7 +29,10 @@ def test_every_stage_writes_outputs_that_load(quick_demo):
         assert (out / name).is_file()
     assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
     work = out / "work"
-    assert Detector.from_pretrained(work / "detector").calibration is not None
+    detector = Detector.from_pretrained(work / "detector")
+    assert detector.calibration is not None
+    # phase 2 located the mark, and the saved detector reads where the report says
+    assert detector.config.located == tuple(report["location"][k] for k in ("scale", "dy", "dx"))
     assert Detector.from_pretrained(work / "evaluation" / "control_detector").calibration is not None
     assert isinstance(load_personalized(work / "models" / "dreambooth-watermarked-seed0")[0], StableDiffusionPipeline)
     pipe, manifest = load_personalized(work / "models" / "lora-clean-seed0")

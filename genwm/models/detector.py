@@ -55,9 +55,19 @@ class DetectorConfig:
     # image): photo content is far from white, and a frequency where this photo is busy then
     # counts less than one where the mark stands out.
     whiten: bool = False
+    # Where one subject's personalized models draw the mark, as phase 2 found it (genwm.finetune
+    # .locate): (scale relative to canonical, dy, dx), the shift in pixels of the tile at that
+    # scale. When set, D reads the key's summed correlation there alone, as a z-score over the
+    # tile's shifts, instead of searching every shift and scale: generated images keep a few
+    # tenths of the mark at best, and the best of thousands of looks at a clean image stands
+    # out more than that (docs/BENCHMARKS.md, the mini world). None: search (photos, phase 1).
+    located: tuple | None = None
 
     def __post_init__(self):
         self.scale_range = tuple(self.scale_range)
+        if self.located is not None:
+            scale, dy, dx = self.located
+            self.located = (float(scale), int(dy), int(dx))
         if isinstance(self.template, GeneratorConfig):
             self.template = self.template.to_dict()
 
@@ -174,6 +184,12 @@ class Detector(nn.Module):
         are read too: on a weak mark, the coarse scales' own curve may not rise near it at all."""
         residual = self.residual(images)
         spectrum = self.template_spectrum(templates)
+        if self.config.located is not None:
+            scale, dy, dx = self.config.located
+            z = self.shift_z(residual, spectrum, scale)
+            if z is None:
+                raise ValueError(f"image of {tuple(images.shape[-2:])} px holds no block of the mark at scale {scale:.3f}")
+            return z[..., dy * self.config.tile + dx]
         scales = self.config.scales()
         refine = refine if refine is not None else not torch.is_grad_enabled()
         drifts = self.config.drifts() if refine else [0.0]
@@ -245,6 +261,26 @@ class Detector(nn.Module):
         t = self.config.tile
         return None if spectra is None else torch.fft.irfft2(spectra, s=(t, t)).flatten(3)
 
+    @staticmethod
+    def at_scale(residual: torch.Tensor, s: float) -> torch.Tensor:
+        """The residual resampled so that a mark at relative scale s has the canonical period.
+        Plain bilinear: the residual is already high-passed, and antialiasing costs more than
+        the rest of the search together. Sampled at exactly 1 / s (not at whatever a whole
+        number of output pixels gives): on a small image, rounding the size moves the scale by
+        more than a whole photo's peak is wide."""
+        if abs(s - 1) <= 1e-6:
+            return residual
+        return F.interpolate(residual, scale_factor=1 / s, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+
+    def shift_z(self, residual: torch.Tensor, spectrum: torch.Tensor, scale: float) -> torch.Tensor | None:
+        """[N, K, T*T]: the blocks' correlation maps with each template summed, at one scale,
+        as z-scores over the tile's shifts (None if no block fits)."""
+        maps = self.correlation_maps(self.at_scale(residual, scale), spectrum)
+        if maps is None:
+            return None
+        total = maps.sum(dim=2)
+        return (total - total.mean(dim=-1, keepdim=True)) / total.std(dim=-1, keepdim=True).clamp_min(1e-12)
+
     def drift_ramps(self, height: int, width: int, drifts) -> torch.Tensor:
         """[D, B, T, T/2+1]: for each relative scale error, the phase ramps that move each block's
         correlation map back by the drift that error causes at the block's position. At scale
@@ -276,13 +312,7 @@ class Detector(nn.Module):
         coherent, incoherent, heights = [], [], []
         t = self.config.tile
         for s in scales:
-            r = residual
-            if abs(s - 1) > 1e-6:
-                # Plain bilinear: the residual is already high-passed, and antialiasing costs
-                # more than the rest of the search together. Sampled at exactly 1 / s (not at
-                # whatever a whole number of output pixels gives): on a small image, rounding
-                # the size moves the scale by more than a whole photo's peak is wide.
-                r = F.interpolate(residual, scale_factor=1 / s, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+            r = self.at_scale(residual, s)
             spectra = self.correlation_spectra(r, spectrum)  # [N, K, B, T, T/2+1]
             if spectra is None:
                 continue
