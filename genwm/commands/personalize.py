@@ -109,10 +109,11 @@ def add_finetune_options(p):
     g.add_argument("--holdout", type=float, dest="holdout_fraction", help="fraction held out; its clean part is the calibration null (default 0.2)")
     g.add_argument("--no-channel", action="store_false", default=None, dest="channel", help="train without publishing-channel augmentation")
     g.add_argument("--ft-seed", type=int, dest="ft_seed")
+    g.add_argument("--locate", action="store_true", default=None, help="find where the personalized models draw the mark and read there alone (a faint mark: see docs/BENCHMARKS.md)")
 
 
 def finetune_overrides(args) -> dict:
-    pairs = {"epochs": "epochs", "batch_size": "ft_batch_size", "learning_rate": "ft_lr", "holdout_fraction": "holdout_fraction", "channel": "channel", "seed": "ft_seed"}
+    pairs = {"epochs": "epochs", "batch_size": "ft_batch_size", "learning_rate": "ft_lr", "holdout_fraction": "holdout_fraction", "channel": "channel", "seed": "ft_seed", "locate": "locate"}
     return {k: getattr(args, a) for k, a in pairs.items() if getattr(args, a, None) is not None}
 
 
