@@ -39,8 +39,8 @@ class FinetuneConfig:
     holdout_fraction: float = 0.2  # of each side; the clean part is the calibration null
     crop: int | None = None  # training crop side at the detector's scale; None: the smallest image side
     channel: bool = True  # train through the publishing channel (JPEG, resizing, blur, ...)
-    # Find where the personalized models draw the mark (the scale and shift that tell S_w's
-    # training images from S's best) and make D read there alone (DetectorConfig.located).
+    # Find where the personalized models draw the mark (the scale, and how well each shift
+    # tells S_w's training images from S's) and make D read there (DetectorConfig.located).
     # Training then sees whole images from their top-left corner, through a channel that keeps
     # the geometry (no resizing or cropping), so the place stays where it was found.
     locate: bool = False
@@ -228,11 +228,15 @@ def holdout_metrics(detector: Detector, data: DetectorDataModule, bits: torch.Te
 
 @torch.no_grad()
 def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torch.Tensor], bits: torch.Tensor) -> dict:
-    """Where personalized models draw the key's mark: among the detector's scales and every
-    shift of the tile, the place whose z-score (Detector.shift_z) tells the watermarked-model
-    images from the clean-model images best, by Welch's t over the images. A model learns the
-    mark as a texture tied to the image grid, so all its images carry it at one place, which
-    the mimic's resizing and cropping of the photos decided. -> {"scale", "dy", "dx", "t"}."""
+    """Where personalized models draw the key's mark, for DetectorConfig.located: at each of the
+    detector's scales, Welch's t over the images between the watermarked-model and the
+    clean-model images' z-scores (Detector.shift_z) at every shift of the tile; the scale whose
+    best t is highest, with the t map as the weights. A model learns the mark as a texture tied
+    to the image grid, so its images carry it at one scale and place, which the mimic's resizing
+    and cropping of the photos decided; but a convolutional model knows the place only from
+    the image's borders, and draws the mark smeared over neighbouring shifts (in the mini world
+    along a whole row of the tile): weighing every shift by its t reads all of it.
+    -> {"scale", "weights" (T*T), "t_max", "peak": [dy, dx]}."""
     detector.eval()
     spectrum = detector.template_spectrum(detector.templates(bits.reshape(1, -1).float())[:, None])
     residuals = {side: [detector.residual(x[None]) for x in images] for side, images in (("clean", clean), ("watermarked", watermarked))}
@@ -244,8 +248,8 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
         c, m = (torch.cat(z[side])[:, 0] for side in ("clean", "watermarked"))  # [n, T*T]
         t = (m.mean(0) - c.mean(0)) / (m.var(0) / len(m) + c.var(0) / len(c)).sqrt().clamp_min(1e-12)
         i = int(t.argmax())
-        if best is None or t[i] > best["t"]:
-            best = {"scale": scale, "dy": i // t_size, "dx": i % t_size, "t": float(t[i])}
+        if best is None or t[i] > best["t_max"]:
+            best = {"scale": scale, "weights": t.tolist(), "t_max": float(t[i]), "peak": [i // t_size, i % t_size]}
     if best is None:
         raise ValueError("no scale of the mark fits a block of these images; they are too small to locate it")
     return best
@@ -272,7 +276,7 @@ def finetune_detector(clean, watermarked, detector, out, key: str, config: Finet
     location = None
     if config.locate:
         location = locate(detector, data.images["train_clean"], data.images["train_watermarked"], bits)
-        detector.config.located = (location["scale"], location["dy"], location["dx"])
+        detector.config.located = {"scale": location["scale"], "weights": location.pop("weights")}  # saved with the detector's config
         data.crop = data.eval_crop = min(min(x.shape[-2:]) for x in data.images["train_clean"] + data.images["train_watermarked"] + data.holdout_images())
         location["holdout_metrics_located"] = holdout_metrics(detector, data, bits)
     module = DetectorFineTuner(detector, bits, config)

@@ -14,7 +14,8 @@ demo's seen prompts, and prints one table row:
 - the mark: the phase-1 detector's correlation read where genwm drew the mark (shift 0, as
   scripts/bench_generated_mark.py), its AUC marked- vs clean-trained, the fraction of the
   photos' z-score shift the generated images keep, and the searching detector's AUC.
-Models and images are kept in --out and reused when asked again with the same options.
+Models and images are kept in --out and reused when asked again with the same options; the
+row is also --out/mimic.json, beside grid.png (subject photos, then each model's images).
 """
 import argparse
 import json
@@ -30,7 +31,7 @@ from bench_fidelity import describe
 from bench_generated_mark import auc, load, phase0_and_logit
 from genwm import atomic
 from genwm.data import list_images
-from genwm.demo import DEFAULT_CONFIG, load_demo_config, protect_config_for, write_subject
+from genwm.demo import DEFAULT_CONFIG, example_grid, load_demo_config, protect_config_for, write_subject
 from genwm.keys import key_bits
 from genwm.models import Detector
 from genwm.perceptual import EfficientNetPerceptual
@@ -42,7 +43,13 @@ def option(text: str) -> tuple[str, object]:
     name, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
-    return name, yaml.safe_load(value)
+    value = yaml.safe_load(value)
+    if isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads 1e-3 as a string
+        except ValueError:
+            pass
+    return name, value
 
 
 @torch.no_grad()
@@ -105,6 +112,8 @@ def main():
         "seconds_two_models": seconds,
     }
     atomic.write_json(work / "mimic.json", row)
+    rows = [list_images(work / "subject" / "clean"), list_images(folders["clean"]), list_images(folders["watermarked"])]
+    example_grid(rows, ["subject", "generated (clean model)", "generated (watermarked model)"], work / "grid.png", n=8)
     options = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "demo's"
     print("| subject | method | options | recognised, clean / marked-trained | margin | AUC at shift 0 | fraction of the photos' shift | AUC, searching | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")

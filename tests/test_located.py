@@ -20,20 +20,32 @@ def detector() -> Detector:
     return Detector(DetectorConfig(template=GeneratorConfig(tile=8, canonical_size=64).to_dict(), width=8, highpass=True, scale_range=(0.8, 1.25))).eval()
 
 
-def images(n: int, seed: int, mark: torch.Tensor | None = None, amplitude: float = 0.0) -> list[torch.Tensor]:
+def images(n: int, seed: int, mark: torch.Tensor | None = None, amplitude: float = 0.0, smeared: bool = False) -> list[torch.Tensor]:
     """64-px photo-like images with a little noise; with `mark`, its tile repeated over the
     image and moved by SHIFT, at `amplitude` (RMS) — the faint, grid-tied mark a personalized
-    model draws."""
+    model draws. `smeared`: each image's mark at a random horizontal shift instead, in SHIFT's
+    row (a model that knows the row from the top border but not the column)."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         x = torch.from_numpy(smooth_photo(64, 64, seed * 1000 + i)).permute(2, 0, 1).float() / 255
         x = x + torch.from_numpy(rng.normal(0, 0.02, x.shape)).float()
         if mark is not None:
-            tiled = mark.repeat(1, 8, 8).roll(SHIFT, dims=(1, 2))
+            shift = (SHIFT[0], int(rng.integers(mark.shape[-1]))) if smeared else SHIFT
+            tiled = mark.repeat(1, 8, 8).roll(shift, dims=(1, 2))
             x = x + amplitude * tiled / tiled.square().mean().sqrt()
         out.append(x.clamp(0, 1))
     return out
+
+
+def auc(d: Detector, bits: torch.Tensor, clean: list[torch.Tensor], marked: list[torch.Tensor]) -> float:
+    with torch.no_grad():
+        return detection_metrics([d.logit(x[None], bits).item() for x in clean], [d.logit(x[None], bits).item() for x in marked])["roc_auc"]
+
+
+def read_at(d: Detector, scale: float, weights) -> Detector:
+    d.config.located = {"scale": scale, "weights": [float(w) for w in weights]}
+    return d
 
 
 def test_locate_finds_a_faint_mark_where_it_was_drawn_and_reading_there_beats_searching():
@@ -45,15 +57,10 @@ def test_locate_finds_a_faint_mark_where_it_was_drawn_and_reading_there_beats_se
     test_clean, test_marked = images(24, 3), images(24, 4, mark, 0.0006)
 
     found = locate(d, train_clean, train_marked, bits)
-    assert (found["dy"], found["dx"]) == SHIFT and found["scale"] == 1.0
+    assert found["peak"] == list(SHIFT) and found["scale"] == 1.0
 
-    def auc(det):
-        with torch.no_grad():
-            return detection_metrics([det.logit(x[None], bits).item() for x in test_clean], [det.logit(x[None], bits).item() for x in test_marked])["roc_auc"]
-
-    searching = auc(d)
-    d.config.located = (found["scale"], found["dy"], found["dx"])
-    located = auc(d)
+    searching = auc(d, bits, test_clean, test_marked)
+    located = auc(read_at(d, found["scale"], found["weights"]), bits, test_clean, test_marked)
     assert located >= 0.95 and located > searching + 0.2, (located, searching)
     # Another key's detector, read at the same place, does not see this key's mark.
     other = key_bits("another-key", d.config.n_bits)[None]
@@ -61,6 +68,18 @@ def test_locate_finds_a_faint_mark_where_it_was_drawn_and_reading_there_beats_se
         other_logits = [d.logit(x[None], other).item() for x in test_marked]
         clean_logits = [d.logit(x[None], other).item() for x in test_clean]
     assert abs(detection_metrics(clean_logits, other_logits)["roc_auc"] - 0.5) < 0.25
+
+
+def test_weighing_every_shift_reads_a_mark_smeared_along_a_row_that_its_peak_alone_misses():
+    d = detector()
+    bits = key_bits(KEY, d.config.n_bits)[None]
+    with torch.no_grad():
+        mark = d.templates(bits)[0]
+    found = locate(d, images(32, 1), images(32, 2, mark, 0.005, smeared=True), bits)
+    test_clean, test_marked = images(24, 3), images(24, 4, mark, 0.005, smeared=True)
+    weighted = auc(read_at(d, found["scale"], found["weights"]), bits, test_clean, test_marked)
+    peak_alone = auc(read_at(d, found["scale"], np.eye(d.config.tile**2)[found["peak"][0] * d.config.tile + found["peak"][1]]), bits, test_clean, test_marked)
+    assert weighted >= 0.85 and weighted > peak_alone + 0.1, (weighted, peak_alone)
 
 
 def test_phase2_with_locate_records_the_place_and_the_saved_detector_reads_there(tmp_path):
@@ -80,10 +99,11 @@ def test_phase2_with_locate_records_the_place_and_the_saved_detector_reads_there
     meta = finetune_detector(folders["clean"], folders["watermarked"], tmp_path / "base", tmp_path / "tuned", KEY, config)
 
     location = meta["location"]
-    assert (location["dy"], location["dx"]) == SHIFT and location["scale"] == 1.0
+    assert location["peak"] == list(SHIFT) and location["scale"] == 1.0
     # held-out pairs, never used to locate or train
     assert location["holdout_metrics_located"]["roc_auc"] >= 0.9
     assert meta["holdout_metrics_after"]["roc_auc"] >= 0.9
     tuned = Detector.from_pretrained(tmp_path / "tuned")
-    assert tuned.config.located == (1.0, *SHIFT)
+    weights = np.array(tuned.config.located["weights"])
+    assert tuned.config.located["scale"] == 1.0 and divmod(int(weights.argmax()), tuned.config.tile) == SHIFT
     assert tuned.calibration is not None

@@ -219,7 +219,8 @@ def test_cli_finetune_detector_and_evaluate(toy, tmp_path):
     assert args.func(args) == 0
     saved = json.loads((tmp_path / "d" / "config.json").read_text())
     assert saved["metadata"]["config"]["epochs"] == 1
-    assert saved["detector"]["located"] == [saved["metadata"]["location"][k] for k in ("scale", "dy", "dx")]
+    assert saved["detector"]["located"]["scale"] == saved["metadata"]["location"]["scale"]
+    assert len(saved["detector"]["located"]["weights"]) == saved["detector"]["template"]["tile"] ** 2
     args = parser.parse_args(["evaluate", "--detector", str(tmp_path / "d"), "--clean", str(sets["test_clean"]), "--watermarked", str(sets["test_watermarked"]), "--out", str(tmp_path / "ev"), "--key-file", str(key_file)])
     assert args.func(args) == 0
     assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["summary"]["known"]["n_clean"] == 12

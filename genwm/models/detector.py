@@ -56,18 +56,21 @@ class DetectorConfig:
     # counts less than one where the mark stands out.
     whiten: bool = False
     # Where one subject's personalized models draw the mark, as phase 2 found it (genwm.finetune
-    # .locate): (scale relative to canonical, dy, dx), the shift in pixels of the tile at that
-    # scale. When set, D reads the key's summed correlation there alone, as a z-score over the
-    # tile's shifts, instead of searching every shift and scale: generated images keep a few
+    # .locate): {"scale": relative to canonical, "weights": T*T numbers, one per shift of the
+    # tile at that scale}. When set, D reads the key's summed correlation at that scale as
+    # z-scores over the tile's shifts and weighs them (a linear discriminant over shifts,
+    # normalised), instead of searching every shift and scale: generated images keep a few
     # tenths of the mark at best, and the best of thousands of looks at a clean image stands
     # out more than that (docs/BENCHMARKS.md, the mini world). None: search (photos, phase 1).
-    located: tuple | None = None
+    located: dict | None = None
 
     def __post_init__(self):
         self.scale_range = tuple(self.scale_range)
         if self.located is not None:
-            scale, dy, dx = self.located
-            self.located = (float(scale), int(dy), int(dx))
+            weights = [float(w) for w in self.located["weights"]]
+            if len(weights) != self.tile**2 or not any(weights):
+                raise ValueError(f"located weights: expected {self.tile ** 2} numbers, not all zero (one per shift of the {self.tile}-px tile), got {len(weights)}")
+            self.located = {"scale": float(self.located["scale"]), "weights": weights}
         if isinstance(self.template, GeneratorConfig):
             self.template = self.template.to_dict()
 
@@ -185,11 +188,12 @@ class Detector(nn.Module):
         residual = self.residual(images)
         spectrum = self.template_spectrum(templates)
         if self.config.located is not None:
-            scale, dy, dx = self.config.located
+            scale = self.config.located["scale"]
             z = self.shift_z(residual, spectrum, scale)
             if z is None:
                 raise ValueError(f"image of {tuple(images.shape[-2:])} px holds no block of the mark at scale {scale:.3f}")
-            return z[..., dy * self.config.tile + dx]
+            weights = torch.tensor(self.config.located["weights"], dtype=z.dtype, device=z.device)
+            return z @ (weights / weights.norm())
         scales = self.config.scales()
         refine = refine if refine is not None else not torch.is_grad_enabled()
         drifts = self.config.drifts() if refine else [0.0]
