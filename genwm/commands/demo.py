@@ -25,7 +25,7 @@ def run_demo(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="the whole pipeline on a held-out subject of the mini world (CPU, about 10 min; --quick: under a minute)",
+    p = subparsers.add_parser("demo", help="the whole pipeline on a held-out subject of the mini world (CPU, about 26 min on one core; --quick: under a minute)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="out/demo", help="report and work folder (re-runs reuse finished stages)")
     p.add_argument("--quick", action="store_true", help="a smoke run with tiny settings (configs/demo-quick.yaml)")
