@@ -13,6 +13,8 @@ D is a keyed matched filter with a learned front end:
 4. the blocks' correlation maps are summed (the mark has one phase over the whole photo) and
    also their peaks averaged (robust to a slightly wrong scale); the best scale is taken, and
    an affine map gives a logit.
+A subject's detector from phase 2 may instead read at one scale and a weighing of the shifts,
+where that subject's personalized models were found to draw the mark (`located`).
 
 The template comes from a key -> tile network of the generator's architecture; in phase 1 it
 is the generator itself (D looks for what G draws), in phase 2 it may adapt to what survives
