@@ -233,9 +233,9 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
     clean-model images' z-scores (Detector.shift_z) at every shift of the tile; the scale whose
     best t is highest, with the t map as the weights. A model learns the mark as a texture tied
     to the image grid, so its images carry it at one scale and place, which the mimic's resizing
-    and cropping of the photos decided; but a convolutional model knows the place only from
-    the image's borders, and draws the mark smeared over neighbouring shifts (in the mini world
-    along a whole row of the tile): weighing every shift by its t reads all of it.
+    and cropping of the photos decided; but the mini world's models draw it smeared over
+    neighbouring shifts (along a whole row of the tile; a convolutional model knows where it
+    is only from the image's borders), and weighing every shift by its t reads all of it.
     -> {"scale", "weights" (T*T), "t_max", "peak": [dy, dx]}."""
     detector.eval()
     spectrum = detector.template_spectrum(detector.templates(bits.reshape(1, -1).float())[:, None])
