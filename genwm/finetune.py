@@ -226,6 +226,11 @@ def holdout_metrics(detector: Detector, data: DetectorDataModule, bits: torch.Te
     return detection_metrics(logits_of(detector, data.images["holdout_clean"], bits), logits_of(detector, data.images["holdout_watermarked"], bits))
 
 
+def welch_t(marked: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Welch's t of the difference in means, marked minus clean, over dim 0 (the images)."""
+    return (marked.mean(0) - clean.mean(0)) / (marked.var(0) / len(marked) + clean.var(0) / len(clean)).sqrt().clamp_min(1e-12)
+
+
 @torch.no_grad()
 def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torch.Tensor], bits: torch.Tensor) -> dict:
     """Where personalized models draw the key's mark, for DetectorConfig.located: at each of the
@@ -246,7 +251,7 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
         if any(v is None for vs in z.values() for v in vs):
             continue  # some image holds no block at this scale
         c, m = (torch.cat(z[side])[:, 0] for side in ("clean", "watermarked"))  # [n, T*T]
-        t = (m.mean(0) - c.mean(0)) / (m.var(0) / len(m) + c.var(0) / len(c)).sqrt().clamp_min(1e-12)
+        t = welch_t(m, c)
         i = int(t.argmax())
         if best is None or t[i] > best["t_max"]:
             best = {"scale": scale, "weights": t.tolist(), "t_max": float(t[i]), "peak": [i // t_size, i % t_size]}

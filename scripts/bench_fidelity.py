@@ -41,6 +41,18 @@ def describe(net: EfficientNetPerceptual, files, batch: int = 32) -> np.ndarray:
     return F.normalize(torch.cat(out), dim=1).numpy()
 
 
+def centroid(features: np.ndarray) -> np.ndarray:
+    """A subject's description: its photos' mean description, unit length."""
+    return F.normalize(torch.from_numpy(features.mean(0)), dim=0).numpy()
+
+
+def recognition(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities [n, subjects] of n images to each subject -> per image, whether
+    subject k is the nearest, and the margin: similarity to k minus the mean to the others."""
+    others = np.delete(sims, k, axis=1)
+    return sims.argmax(1) == k, sims[:, k] - others.mean(1)
+
+
 def folder_kind(name: str) -> str:
     """'dreambooth-watermarked-seed1000-seen' -> 'dreambooth, watermarked photos, seen prompts'."""
     m = re.match(r"(dreambooth|lora|textual-inversion)-(clean|watermarked)-seed\d+-(\w+)$", name)
@@ -58,7 +70,7 @@ def main():
     net = EfficientNetPerceptual().eval()
     subjects = sorted(works)
     photos = {s: describe(net, list_images(works[s] / "subject" / "clean")) for s in subjects}
-    centroids = np.stack([F.normalize(torch.from_numpy(photos[s].mean(0)), dim=0).numpy() for s in subjects])
+    centroids = np.stack([centroid(photos[s]) for s in subjects])
 
     def score(own: int, feats: np.ndarray, loo: bool = False) -> tuple[np.ndarray, np.ndarray]:
         sims = feats @ centroids.T  # [n, subjects]
@@ -66,9 +78,7 @@ def main():
             k, n = subjects.index(own), len(photos[own])
             rest = (photos[own].sum(0)[None] - feats) / (n - 1)
             sims[:, k] = (feats * rest).sum(1) / np.linalg.norm(rest, axis=1)
-        k = subjects.index(own)
-        others = np.delete(sims, k, axis=1)
-        return sims.argmax(1) == k, sims[:, k] - others.mean(1)
+        return recognition(sims, subjects.index(own))
 
     rows = defaultdict(lambda: ([], []))
     for s in subjects:

@@ -18,12 +18,9 @@ import numpy as np
 import torch
 
 from bench_generated_mark import auc, load
+from genwm.finetune import welch_t
 from genwm.keys import key_bits
 from genwm.models import Detector
-
-
-def welch_t(marked: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    return (marked.mean(0) - clean.mean(0)) / (marked.var(0) / len(marked) + clean.var(0) / len(clean)).sqrt().clamp_min(1e-12)
 
 
 def main():

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 
-from bench_fidelity import describe
+from bench_fidelity import centroid, describe, recognition
 from bench_generated_mark import auc, load, phase0_and_logit
 from genwm import atomic
 from genwm.data import list_images
@@ -54,10 +53,9 @@ def option(text: str) -> tuple[str, object]:
 
 @torch.no_grad()
 def fidelity(net, images: Path, subject: int, centroids: np.ndarray) -> tuple[float, float]:
-    sims = describe(net, list_images(images)) @ centroids.T  # [n, subjects]
-    recognised = (sims.argmax(axis=1) == subject).mean()
-    others = np.delete(sims, subject, axis=1).mean(axis=1)
-    return float(recognised), float((sims[:, subject] - others).mean())
+    """-> (the fraction of the images recognised as the subject, their mean margin)."""
+    hits, margins = recognition(describe(net, list_images(images)) @ centroids.T, subject)
+    return float(hits.mean()), float(margins.mean())
 
 
 def main():
@@ -89,7 +87,7 @@ def main():
     centroids = []
     for s in range(args.subjects):
         own = write_subject(s, n_photos, work.parent / "fidelity-photos" / f"subject{s:02d}", size)
-        centroids.append(F.normalize(torch.from_numpy(describe(net, list_images(own)).mean(0)), dim=0).numpy())
+        centroids.append(centroid(describe(net, list_images(own))))
     centroids = np.stack(centroids)
 
     detector = Detector.from_pretrained(demo["checkpoint"]).eval()

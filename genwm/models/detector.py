@@ -281,10 +281,11 @@ class Detector(nn.Module):
     def shift_z(self, residual: torch.Tensor, spectrum: torch.Tensor, scale: float) -> torch.Tensor | None:
         """[N, K, T*T]: the blocks' correlation maps with each template summed, at one scale,
         as z-scores over the tile's shifts (None if no block fits)."""
-        maps = self.correlation_maps(self.at_scale(residual, scale), spectrum)
-        if maps is None:
+        spectra = self.correlation_spectra(self.at_scale(residual, scale), spectrum)
+        if spectra is None:
             return None
-        total = maps.sum(dim=2)
+        t = self.config.tile
+        total = torch.fft.irfft2(spectra.sum(dim=2), s=(t, t)).flatten(2)  # summed before the inverse FFT: one, not one a block
         return (total - total.mean(dim=-1, keepdim=True)) / total.std(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def drift_ramps(self, height: int, width: int, drifts) -> torch.Tensor:
