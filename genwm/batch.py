@@ -339,22 +339,31 @@ def _json_safe(obj):
 # ---- scan -----------------------------------------------------------------------------------
 
 
-def scan_paths(inputs, detector, key, alpha: float = 0.01, progress: bool = False):
+def scan_paths(inputs, detector, key, alpha: float = 0.01, progress: bool = False, null_keys: int = 0):
     """Score every photo under `inputs` for the key's watermark.
 
     -> (rows, verdict, errors): rows of path, probability, logit, above_threshold (None
-    without calibration); the set-level verdict of genwm.calibration.set_verdict, or None
-    when the detector has no calibration or no photo could be read; errors as
-    {"path", "error"} for files that were reported and skipped.
+    without calibration); the set-level verdict, or None when there is none to give (no
+    calibration and no key test, or no photo could be read); errors as {"path", "error"} for
+    files that were reported and skipped. The verdict is genwm.calibration.set_verdict's
+    binomial test, or, for a located detector or with null_keys, the key test
+    (genwm.calibration.key_test, which holds for images of one model too), the binomial one
+    then beside it as "binomial".
     """
-    from genwm.calibration import set_verdict
+    from genwm.calibration import key_test, key_test_problem, set_verdict
 
     calibration = getattr(detector, "calibration", None) or None
     threshold = calibration["threshold"] if calibration else None
-    rows, errors = [], []
+    by_keys = detector.config.located is not None or null_keys > 0
+    if by_keys and key_test_problem(detector):
+        raise ValueError(f"no key test with this detector: {key_test_problem(detector)}")
+    rows, errors, evidence = [], [], []
     for path, _ in _progress(find_images(inputs), progress):
         try:
-            logit = float(detector.logits([load_image(path).image], key)[0])
+            image = load_image(path).image
+            logit = float(detector.logits([image], key)[0])
+            if by_keys:
+                evidence.append(detector.key_evidences([image], key, null_keys)[0])
         except Exception as e:
             errors.append({"path": str(path), "error": failure_reason(path, e)})
             report_error(errors[-1]["error"])
@@ -367,10 +376,12 @@ def scan_paths(inputs, detector, key, alpha: float = 0.01, progress: bool = Fals
                 "above_threshold": None if threshold is None else bool(logit >= threshold),
             }
         )
-    verdict = None
-    if calibration and rows:
-        verdict = set_verdict(np.array([r["logit"] for r in rows]), calibration, alpha=alpha)
-    return rows, verdict, errors
+    if not rows:
+        return rows, None, errors
+    binomial = set_verdict(np.array([r["logit"] for r in rows]), calibration, alpha=alpha) if calibration else None
+    if not by_keys:
+        return rows, binomial and {"test": "binomial", **binomial}, errors
+    return rows, {"test": "key", **key_test(np.stack(evidence), alpha), "binomial": binomial}, errors
 
 
 def _sigmoid(x: float) -> float:

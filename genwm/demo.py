@@ -162,26 +162,27 @@ def run_demo(out, config_path=DEFAULT_CONFIG, subject_index: int | None = None, 
     record = protect(photos, key, demo["model"], demo["checkpoint"], work, config)
 
     ev = demo.get("evaluate") or {}
-    evaluation = run_evaluation(work, key, EvaluateConfig(unknown_method=ev.get("unknown_method"), unseen_prompts=ev.get("unseen_prompts"), control=ev.get("control", True), n_images=ev.get("n_images")))
+    set_size = demo.get("set_size", 8)
+    evaluation = run_evaluation(work, key, EvaluateConfig(unknown_method=ev.get("unknown_method"), unseen_prompts=ev.get("unseen_prompts"), control=ev.get("control", True), n_images=ev.get("n_images"), set_size=set_size))
     known = evaluation["settings"]["known"]["test_provenance"]
     dirs = {side: [p["dir"] for p in known[side]] for side in SIDES}
 
     # The phase-1 detector alone, on the same test images as the phase-2 detector.
-    phase1 = evaluate_sets(demo["checkpoint"], key, dirs["clean"], dirs["watermarked"], "known")
+    phase1 = evaluate_sets(demo["checkpoint"], key, dirs["clean"], dirs["watermarked"], "known", set_size=set_size)
     detector = Detector.from_pretrained(record["detector"])
     settings = evaluation["settings"]
-    set_size = demo.get("set_size", 8)
     results = {
         name: {**{k: r["metrics"][k] for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr", "n_clean", "n_watermarked")},
-               "sets": set_level(r["logits"]["clean"], r["logits"]["watermarked"], detector.calibration, set_size)}
+               "sets": set_level(r["logits"]["clean"], r["logits"]["watermarked"], detector.calibration, set_size),
+               "key_test": r["key_test"]}
         for name, r in settings.items() if name != "control"
     }
     if "control" in settings:
         c = settings["control"]
-        results["control"] = {k: c["metrics"][k] for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr", "n_clean", "n_watermarked")}
+        results["control"] = {**{k: c["metrics"][k] for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr", "n_clean", "n_watermarked")}, "key_test": c["key_test"]}
         results["control"].update(passed=evaluation["control"]["passed"], band=evaluation["control"]["band"])
     p1 = phase1["metrics"]
-    results["phase1_only_known"] = {k: p1[k] for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr", "n_clean", "n_watermarked")}
+    results["phase1_only_known"] = {**{k: p1[k] for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr", "n_clean", "n_watermarked")}, "key_test": phase1["key_test"]}
 
     subject_dir = work / "subject"
     marked = [im["file"] for im in json.loads((subject_dir / "watermark.json").read_text())["images"] if im["watermarked"]]

@@ -15,6 +15,12 @@ synthesis records, and refused otherwise), and:
 Metrics (sklearn): accuracy at D's decision (logit > 0), ROC AUC, TPR at 1% FPR (with the
 finest FPR the number of clean images can resolve), the calibrated threshold's TPR/FPR and
 set-level verdicts; a ROC curve PNG and a JSON of the numbers, written atomically.
+
+The images of one model share its texture, so its images' scores are not independent: a
+per-image AUC or a calibrated per-image threshold says little about whether a *model* was
+trained on the photos. The key test (genwm.calibration.key_test) answers that question with a
+false-positive rate that holds: it is run on sets of images of one model, and on each test
+model's images all together.
 """
 import io
 import math
@@ -158,10 +164,51 @@ def folder_logits(detector, directories, key: str) -> np.ndarray:
     return np.array(out)
 
 
-def evaluate_sets(detector, key: str, clean, watermarked, setting: str = "known", allow_dishonest: bool = False) -> dict:
+@torch.no_grad()
+def folder_key_evidence(detector, directory, key: str, n_null: int) -> np.ndarray:
+    """Evidence [images, 1 + null keys] of a folder's images (Detector.key_evidence)."""
+    from genwm.finetune import load_image
+    from genwm.personalize.common import list_images
+
+    detector.eval()
+    return detector.key_evidences([load_image(f) for f in list_images(directory)], key, n_null)
+
+
+def key_tests(detector, key: str, folders: dict, set_size: int, alpha: float = 0.01, n_null: int = 99) -> dict:
+    """The key test on disjoint sets of set_size images of one model each (a set never mixes
+    two models' images), and on each model's images all together: TPR over the watermarked
+    models' sets, FPR over the clean models' sets. folders: side ("clean"/"watermarked") ->
+    image folders, one model each."""
+    from genwm.calibration import key_test
+
+    detected = {side: [] for side in folders}
+    models = []
+    for side, dirs in folders.items():
+        for d in dirs:
+            evidence = folder_key_evidence(detector, d, key, n_null)
+            detected[side] += [key_test(evidence[i : i + set_size], alpha)["watermark_detected"] for i in range(0, len(evidence) - set_size + 1, set_size)]
+            whole = key_test(evidence, alpha)
+            n_keys = whole["n_null_keys"]
+            models.append({"dir": str(d), "side": side, **{k: whole[k] for k in ("n_images", "evidence", "null_mean", "null_std", "p_value", "watermark_detected")}})
+    rate = {side: (float(np.mean(v)) if v else None) for side, v in detected.items()}
+    return {
+        "set_size": set_size,
+        "alpha": alpha,
+        "n_null_keys": n_keys,
+        "tpr": rate.get("watermarked"),
+        "fpr": rate.get("clean"),
+        "n_watermarked_sets": len(detected.get("watermarked", [])),
+        "n_clean_sets": len(detected.get("clean", [])),
+        "models": models,
+    }
+
+
+def evaluate_sets(detector, key: str, clean, watermarked, setting: str = "known", allow_dishonest: bool = False, set_size: int | None = None) -> dict:
     """Score image folders S (clean-trained models) and S_w (watermarked-trained models) with
     `detector` (a checkpoint path or a loaded Detector) for `key`, after checking that their
-    models differ from the fine-tuning models. -> metrics, provenance and honesty report."""
+    models differ from the fine-tuning models. -> metrics, provenance and honesty report; with
+    set_size, also the key test on sets of that many images of one model, where it is exact
+    (else the reason it was not run)."""
     from genwm.finetune import as_list
     from genwm.keys import key_fingerprint
     from genwm.models import Detector
@@ -183,9 +230,16 @@ def evaluate_sets(detector, key: str, clean, watermarked, setting: str = "known"
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ValueError(f"not an honest test: {problems[0]}{more}")
     clean_logits, marked_logits = folder_logits(detector, clean, key), folder_logits(detector, watermarked, key)
+    keys = None
+    if set_size:
+        from genwm.calibration import key_test_problem
+
+        problem = key_test_problem(detector)
+        keys = {"not_run": problem} if problem else key_tests(detector, key, {"clean": as_list(clean), "watermarked": as_list(watermarked)}, set_size)
     return {
         "setting": setting,
         "metrics": detection_metrics(clean_logits, marked_logits, getattr(detector, "calibration", None)),
+        "key_test": keys,
         "honest": not problems,
         "honesty_problems": problems,
         "test_provenance": test,
@@ -212,6 +266,7 @@ class EvaluateConfig:
     control: bool = True
     control_seed_offsets: tuple = (2000, 3000)  # the control's pseudo-watermarked sides: fine-tuning, test
     n_images: int | None = None  # per model; None: as protect
+    set_size: int = 8  # the key test's sets: this many images of one model
 
     def to_dict(self):
         return asdict(self)
@@ -255,10 +310,10 @@ def run_evaluation(work, key: str, config: EvaluateConfig | None = None) -> dict
     out = work / "evaluation"
     settings = {}
     known = {side: [images(m, side, s, seen, "seen") for m in pc.methods for s in test_seeds] for side in P.SIDES}
-    settings["known"] = evaluate_sets(record["detector"], key, known["clean"], known["watermarked"], "known")
+    settings["known"] = evaluate_sets(record["detector"], key, known["clean"], known["watermarked"], "known", set_size=config.set_size)
     if unknown:
         unk = {side: [images(unknown, side, s, unseen, "unseen") for s in test_seeds] for side in P.SIDES}
-        settings["unknown"] = evaluate_sets(record["detector"], key, unk["clean"], unk["watermarked"], "unknown")
+        settings["unknown"] = evaluate_sets(record["detector"], key, unk["clean"], unk["watermarked"], "unknown", set_size=config.set_size)
 
     control = None
     if config.control:
@@ -271,7 +326,7 @@ def run_evaluation(work, key: str, config: EvaluateConfig | None = None) -> dict
         d = [images(m, "clean", s + test_off, seen, "seen") for m in pc.methods for s in pc.seeds]
         control_detector = out / "control_detector"
         finetune_detector(a, b, record["detector_source"], control_detector, key, P.finetune_config(pc), extra_metadata={"control": True})
-        settings["control"] = evaluate_sets(control_detector, key, c, d, "control")
+        settings["control"] = evaluate_sets(control_detector, key, c, d, "control", set_size=config.set_size)
         m = settings["control"]["metrics"]
         control = {"roc_auc": m["roc_auc"], "auc_z": m["auc_z"], "passed": abs(m["auc_z"]) < CONTROL_Z, "band": [0.5 - CONTROL_Z * m["auc_null_se"], 0.5 + CONTROL_Z * m["auc_null_se"]]}
 

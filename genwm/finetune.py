@@ -44,6 +44,7 @@ class FinetuneConfig:
     # Training then sees whole images from their top-left corner, through a channel that keeps
     # the geometry (no resizing or cropping), so the place stays where it was found.
     locate: bool = False
+    null_keys: int = 99  # with locate: null keys located too, for the key test (smallest p: 1 / (n + 1))
     seed: int = 0
     alpha_image: float = 0.01
     calibration_attacks: list = field(default_factory=lambda: list(ATTACKS))
@@ -60,6 +61,8 @@ class FinetuneConfig:
         values = self.to_dict()
         values.update({k: coerce(k, v, values[k]) for k, v in changes.items() if v is not None})
         config = FinetuneConfig(**values)
+        if config.null_keys < 0:
+            raise ValueError(f"null_keys must be 0 or more, got {config.null_keys}")
         if not 0 < config.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {config.holdout_fraction}")
         unknown_attacks = sorted(set(config.calibration_attacks) - set(ATTACKS))
@@ -198,7 +201,7 @@ class DetectorFineTuner(pl.LightningModule):
             self._val.clear()
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.detector.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+        return torch.optim.AdamW([p for p in self.detector.parameters() if p.requires_grad], lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
 
 
 @torch.no_grad()
@@ -232,7 +235,7 @@ def welch_t(marked: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torch.Tensor], bits: torch.Tensor) -> dict:
+def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torch.Tensor], bits: torch.Tensor, n_null: int = 0) -> dict:
     """Where personalized models draw the key's mark, for DetectorConfig.located: at each of the
     detector's scales, Welch's t over the images between the watermarked-model and the
     clean-model images' z-scores (Detector.shift_z) at every shift of the tile; the scale whose
@@ -241,23 +244,41 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
     and cropping of the photos decided; but the mini world's models draw it smeared over
     neighbouring shifts (along a whole row of the tile; a convolutional model knows where it
     is only from the image's borders), and weighing every shift by its t reads all of it.
-    -> {"scale", "weights" (T*T), "t_max", "peak": [dy, dx]}."""
+    The same for each of the key test's n_null null keys (genwm.keys.null_key_bits), on the
+    same images: the key test ranks the key's reading among theirs, so each must be fitted as
+    the key's was. Two models differ somewhere by chance for any key: the null keys' t_max
+    says how far (docs/BENCHMARKS.md, the mini world).
+    -> {"scale", "weights" (T*T), "t_max", "peak": [dy, dx], "null_scales" (n_null),
+    "null_weights" [n_null, T*T], "null_t_max" (n_null)}."""
+    from genwm.keys import null_key_bits
+
     detector.eval()
-    spectrum = detector.template_spectrum(detector.templates(bits.reshape(1, -1).float())[:, None])
+    all_bits = torch.cat([bits.reshape(1, -1).float(), null_key_bits(n_null, detector.config.n_bits)])
+    spectrum = detector.template_spectrum(detector.templates(all_bits)[None])
     residuals = {side: [detector.residual(x[None]) for x in images] for side, images in (("clean", clean), ("watermarked", watermarked))}
-    t_size, best = detector.config.tile, None
+    best_t, best_scale, best_weights = torch.full((len(all_bits),), -torch.inf), torch.zeros(len(all_bits), dtype=torch.float64), None
     for scale in detector.config.scales():
         z = {side: [detector.shift_z(r, spectrum, scale) for r in rs] for side, rs in residuals.items()}
         if any(v is None for vs in z.values() for v in vs):
             continue  # some image holds no block at this scale
-        c, m = (torch.cat(z[side])[:, 0] for side in ("clean", "watermarked"))  # [n, T*T]
-        t = welch_t(m, c)
-        i = int(t.argmax())
-        if best is None or t[i] > best["t_max"]:
-            best = {"scale": scale, "weights": t.tolist(), "t_max": float(t[i]), "peak": [i // t_size, i % t_size]}
-    if best is None:
+        c, m = (torch.cat(z[side]) for side in ("clean", "watermarked"))  # [n, K, T*T]
+        t = welch_t(m, c)  # [K, T*T]
+        better = t.amax(dim=1) > best_t
+        best_weights = t if best_weights is None else torch.where(better[:, None], t, best_weights)
+        best_scale = torch.where(better, torch.tensor(scale, dtype=torch.float64), best_scale)
+        best_t = torch.maximum(best_t, t.amax(dim=1))
+    if best_weights is None:
         raise ValueError("no scale of the mark fits a block of these images; they are too small to locate it")
-    return best
+    i, t_size = int(best_weights[0].argmax()), detector.config.tile
+    return {
+        "scale": float(best_scale[0]),
+        "weights": best_weights[0].tolist(),
+        "t_max": float(best_t[0]),
+        "peak": [i // t_size, i % t_size],
+        "null_scales": best_scale[1:].tolist(),
+        "null_weights": best_weights[1:],
+        "null_t_max": best_t[1:].tolist(),
+    }
 
 
 def finetune_detector(clean, watermarked, detector, out, key: str, config: FinetuneConfig | None = None, extra_metadata: dict | None = None) -> dict:
@@ -280,8 +301,18 @@ def finetune_detector(clean, watermarked, detector, out, key: str, config: Finet
     before = holdout_metrics(detector, data, bits)
     location = None
     if config.locate:
-        location = locate(detector, data.images["train_clean"], data.images["train_watermarked"], bits)
-        detector.config.located = {"scale": location["scale"], "weights": location.pop("weights")}  # saved with the detector's config
+        location = locate(detector, data.images["train_clean"], data.images["train_watermarked"], bits, n_null=config.null_keys)
+        detector.set_located(location["scale"], location.pop("weights"), location.pop("null_scales"), location.pop("null_weights"))
+        null_t_max = np.array(location.pop("null_t_max"))
+        # How the key's place stands out among the places found for keys never used: two
+        # models differ somewhere for any key, so a t_max alone proves nothing.
+        location["t_max_key_rank_p"] = float((1 + np.sum(null_t_max >= location["t_max"])) / (1 + len(null_t_max))) if len(null_t_max) else None
+        location["null_t_max_median"] = float(np.median(null_t_max)) if len(null_t_max) else None
+        # The key test ranks the key's reading among the null keys' (genwm.calibration.key_test);
+        # that holds only while one front end, fitted for none of them, reads every key. So
+        # training fits the logit's affine map alone (the located weights are the fit).
+        for param in (*detector.extractor.parameters(), *detector.templates.parameters(), detector.null_peak):
+            param.requires_grad_(False)
         data.crop = data.eval_crop = min(min(x.shape[-2:]) for x in data.images["train_clean"] + data.images["train_watermarked"] + data.holdout_images())
         location["holdout_metrics_located"] = holdout_metrics(detector, data, bits)
     module = DetectorFineTuner(detector, bits, config)

@@ -25,3 +25,13 @@ def key_fingerprint(key: str) -> str:
 def random_bits(batch: int, n_bits: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random +-1 keys, as phase 1 trains on: every key string maps to one of these."""
     return torch.randint(0, 2, (batch, n_bits), generator=generator).float() * 2 - 1
+
+
+NULL_KEYS_SEED = 20240607
+
+
+def null_key_bits(n: int, n_bits: int) -> torch.Tensor:
+    """The key test's null keys [n, n_bits]: the same n keys every time (a located detector
+    stores where each of them was located), and as unrelated to any subject's key as random
+    keys are."""
+    return random_bits(n, n_bits, torch.Generator().manual_seed(NULL_KEYS_SEED))

@@ -107,6 +107,15 @@ def flat(report: dict) -> dict:
         if name in r:
             row[f"{name}.sets8_tpr"] = r[name]["sets"]["tpr"]
             row[f"{name}.sets8_fpr"] = r[name]["sets"]["fpr"]
+    # The key test (genwm.calibration.key_test): sets of 8 of one model, and each test model's
+    # images all together (p-value of its whole set).
+    for name in ("phase1_only_known", "known", "unknown", "control"):
+        keys = (r.get(name) or {}).get("key_test") or {}
+        if "models" in keys:
+            row[f"{name}.keytest_sets_tpr"] = keys["tpr"]
+            row[f"{name}.keytest_sets_fpr"] = keys["fpr"]
+            for side in ("clean", "watermarked"):
+                row[f"{name}.keytest_model_p_{side}"] = [m["p_value"] for m in keys["models"] if m["side"] == side]
     row["control.passed"] = float(r["control"]["passed"]) if "control" in r else None
     row["subject_psnr"] = q["subject_watermarked_vs_clean"]["psnr"]
     row["subject_ssim"] = q["subject_watermarked_vs_clean"]["ssim"]

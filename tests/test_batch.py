@@ -354,3 +354,21 @@ def test_baseline_marks_small_images_at_their_own_size():
     marked = mark.embed(img, message)
     assert marked.size == (64, 64) and np.array_equal(np.asarray(img), before)
     assert mark.bit_accuracy(marked, [message])[0] > mark.bit_accuracy(img, [message])[0] + 0.15
+
+
+def test_scan_with_key_test_ranks_the_key_among_null_keys_and_keeps_the_binomial_beside(marked, always_detects, capsys):
+    from genwm.images import find_images, load_image
+    from genwm.models.detector import Detector
+
+    code = genwm("scan", marked, "--key", TEST_KEY, "--detector", always_detects, "--key-test", "19", "--json", "-")
+    captured = capsys.readouterr()
+    verdict = json.loads(captured.out)["verdict"]
+    assert verdict["test"] == "key" and verdict["n_null_keys"] == 19 and verdict["n_images"] == len(OUTPUTS)
+    assert code == (1 if verdict["watermark_detected"] else 0) and "key test p-value" in captured.err
+    # The binomial test of this calibration always fires; the key test is not fooled by it.
+    assert verdict["binomial"]["watermark_detected"] is True
+    detector = Detector.from_pretrained(always_detects)
+    evidence = detector.key_evidences([load_image(p).image for p, _ in find_images([marked])], TEST_KEY, 19)
+    assert verdict["evidence"] == pytest.approx(evidence[:, 0].mean(), abs=1e-5)
+    assert verdict["p_value"] == pytest.approx((1 + np.sum(evidence[:, 1:].mean(0) >= evidence[:, 0].mean())) / 20)
+    assert genwm("scan", marked, "--key", TEST_KEY, "--detector", always_detects, "--key-test", "-1") == 2

@@ -46,7 +46,8 @@ def test_every_stage_writes_outputs_that_load(quick_demo):
 
 
 def test_report_numbers_are_in_range_and_come_from_the_images(quick_demo):
-    from genwm.evaluate import detection_metrics, folder_logits
+    from genwm.calibration import key_test
+    from genwm.evaluate import detection_metrics, folder_key_evidence, folder_logits
     from genwm.models import Detector
 
     out, report = quick_demo
@@ -62,9 +63,17 @@ def test_report_numbers_are_in_range_and_come_from_the_images(quick_demo):
     assert np.allclose(clean, known["logits"]["clean"], atol=1e-4) and np.allclose(marked, known["logits"]["watermarked"], atol=1e-4)
     assert detection_metrics(clean, marked)["roc_auc"] == pytest.approx(report["results"]["known"]["roc_auc"])
     assert report["quality"]["subject_watermarked_vs_clean"]["psnr"] > 30
+    # The key test's verdict on each test model's images, recomputed from them
+    keys = report["results"]["known"]["key_test"]
+    assert keys["n_null_keys"] == len(detector.config.located["null_scales"]) and {m["dir"] for m in keys["models"]} == set(dirs["clean"] + dirs["watermarked"])
+    for m in keys["models"]:
+        assert key_test(folder_key_evidence(detector, m["dir"], key, None))["p_value"] == pytest.approx(m["p_value"])
+        assert 1 / (1 + keys["n_null_keys"]) <= m["p_value"] <= 1
+    assert "models" in report["results"]["phase1_only_known"]["key_test"]  # phase 1's searching reading has one too
 
 
 def test_no_watermark_control_is_not_a_detection(quick_demo):
     _, report = quick_demo
     control = report["results"]["control"]
     assert control["passed"] and control["band"][0] <= control["roc_auc"] <= control["band"][1]
+    assert not any(m["watermark_detected"] for m in control["key_test"]["models"])  # four clean models

@@ -1,5 +1,6 @@
 """Phase 2's located reading: find where personalized models draw the mark, read there alone."""
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -95,7 +96,7 @@ def test_phase2_with_locate_records_the_place_and_the_saved_detector_reads_there
             Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
         folders[side] = folder
     save_checkpoint(tmp_path / "base", detector=d, metadata={"phase": 1})
-    config = FinetuneConfig(epochs=3, batch_size=16, learning_rate=1e-3, locate=True, progress=False, accelerator="cpu")
+    config = FinetuneConfig(epochs=3, batch_size=16, learning_rate=1e-3, locate=True, null_keys=39, progress=False, accelerator="cpu")
     meta = finetune_detector(folders["clean"], folders["watermarked"], tmp_path / "base", tmp_path / "tuned", KEY, config)
 
     location = meta["location"]
@@ -107,3 +108,19 @@ def test_phase2_with_locate_records_the_place_and_the_saved_detector_reads_there
     weights = np.array(tuned.config.located["weights"])
     assert tuned.config.located["scale"] == 1.0 and divmod(int(weights.argmax()), tuned.config.tile) == SHIFT
     assert tuned.calibration is not None
+    # Phase 2 fitted the logit's affine map alone: the front end is phase 1's, as the key test needs.
+    assert all(torch.equal(a, b) for a, b in zip(d.extractor.state_dict().values(), tuned.extractor.state_dict().values()))
+
+    # The key test: the null keys were located on the same images and travel with the detector.
+    assert len(tuned.config.located["null_scales"]) == 39 and tuned.null_weights.shape == (39, tuned.config.tile**2)
+    assert tuned.null_weights.abs().sum(dim=1).min() > 0
+    assert 0 < location["t_max_key_rank_p"] <= 1 / 40 + 1e-9  # the mark's place stands out among the null keys'
+    marked = images(30, 8, mark, 0.001)  # new images: the fine-tuning ones were fitted
+    evidence = tuned.key_evidences(marked[:4], KEY)
+    with torch.no_grad():
+        logits = torch.cat([tuned.logit(tuned.to_canonical(x), bits) for x in marked[:4]])
+    assert np.allclose(evidence[:, 0], ((logits + tuned.bias) / tuned.scale).detach().numpy(), atol=1e-4)  # column 0 is what D reads
+    found = tuned.verdict(marked, KEY, alpha=0.05)
+    assert found["p_value"] == pytest.approx(1 / 40) and found["watermark_detected"]  # no null key reads as high
+    assert not tuned.verdict(marked, KEY)["watermark_detected"]  # 39 null keys cannot reach p <= 0.01
+    assert not tuned.verdict(images(30, 7), KEY, alpha=0.05)["watermark_detected"]

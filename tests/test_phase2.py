@@ -138,6 +138,9 @@ def test_evaluate_sets_checks_provenance_and_writes_report(toy, tmp_path):
         evaluate_sets(root / "tuned", KEY, sets["clean"], sets["watermarked"], "known")
     with pytest.raises(ValueError, match="fine-tuned for key"):
         evaluate_sets(root / "tuned", "another key", sets["test_clean"], sets["test_watermarked"])
+    # Its front end was trained for the key, so null keys would not be read alike: no key test.
+    with_sets = evaluate_sets(root / "tuned", KEY, sets["test_clean"], sets["test_watermarked"], "known", set_size=4)
+    assert "phase 2 trained this detector's front end" in with_sets["key_test"]["not_run"]
     write_report({"settings": {"known": result}}, tmp_path / "report", "known")
     assert (tmp_path / "report" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "report" / "evaluation.json").read_text())["settings"]["known"]["honest"]
@@ -215,7 +218,7 @@ def test_cli_finetune_detector_and_evaluate(toy, tmp_path):
     commands.register(parser.add_subparsers(dest="command"))
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
-    args = parser.parse_args(["finetune-detector", "--clean", str(sets["clean"]), "--watermarked", str(sets["watermarked"]), "--detector", str(root / "base"), "--out", str(tmp_path / "d"), "--key-file", str(key_file), "--epochs", "1", "--no-channel", "--locate", "--quiet"])
+    args = parser.parse_args(["finetune-detector", "--clean", str(sets["clean"]), "--watermarked", str(sets["watermarked"]), "--detector", str(root / "base"), "--out", str(tmp_path / "d"), "--key-file", str(key_file), "--epochs", "1", "--no-channel", "--locate", "--null-keys", "9", "--quiet"])
     assert args.func(args) == 0
     saved = json.loads((tmp_path / "d" / "config.json").read_text())
     assert saved["metadata"]["config"]["epochs"] == 1
@@ -223,7 +226,10 @@ def test_cli_finetune_detector_and_evaluate(toy, tmp_path):
     assert len(saved["detector"]["located"]["weights"]) == saved["detector"]["template"]["tile"] ** 2
     args = parser.parse_args(["evaluate", "--detector", str(tmp_path / "d"), "--clean", str(sets["test_clean"]), "--watermarked", str(sets["test_watermarked"]), "--out", str(tmp_path / "ev"), "--key-file", str(key_file)])
     assert args.func(args) == 0
-    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["summary"]["known"]["n_clean"] == 12
+    evaluation = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert evaluation["summary"]["known"]["n_clean"] == 12
+    assert len(saved["detector"]["located"]["null_scales"]) == 9 and evaluation["settings"]["known"]["key_test"]["n_null_keys"] == 9
+    assert evaluation["settings"]["known"]["key_test"]["n_clean_sets"] == 12 // 8  # one model: one whole set of 8
     args = parser.parse_args(["evaluate", "--detector", str(tmp_path / "d"), "--clean", str(sets["clean"]), "--watermarked", str(sets["test_watermarked"]), "--out", str(tmp_path / "ev2"), "--key-file", str(key_file)])
     with pytest.raises(ValueError, match="not an honest test"):
         args.func(args)

@@ -16,6 +16,9 @@ def run_demo(args) -> int:
             m = r[name]
             sets = m.get("sets")
             extra = f", sets of {sets['set_size']}: TPR {sets['tpr']}, FPR {sets['fpr']}" if sets else ""
+            keys = m.get("key_test") or {}
+            if "models" in keys:
+                extra += f"; key test, sets of {keys['set_size']}: TPR {keys['tpr']}, FPR {keys['fpr']}"
             lines.append(f"  {name:18s} accuracy {m['accuracy']:.3f}  ROC AUC {m['roc_auc']:.3f}  TPR@1%FPR {m['tpr_at_1pct_fpr']:.3f}{extra}")
     lines.append(f"report: {args.out}/report.json, {args.out}/roc.png, {args.out}/grid.png")
     print("\n".join(lines))

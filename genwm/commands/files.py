@@ -98,6 +98,15 @@ def _register_scan(subparsers) -> None:
     _add_key(p)
     p.add_argument("--detector", type=Path, metavar="CKPT", help=f"detector checkpoint (default: ${CHECKPOINT_ENV} or {DEFAULT_CHECKPOINT})")
     p.add_argument("--alpha", type=_probability, default=0.01, metavar="A", help="significance level of the set test (default 0.01)")
+    p.add_argument(
+        "--key-test",
+        type=int,
+        default=0,
+        metavar="N",
+        help="test the set by ranking the key among N null keys instead of by the calibrated per-image "
+        "threshold: exact for images of one model too, whose scores rise and fall together "
+        "(smallest p-value 1/(N+1); a located phase-2 detector always does this, with its own null keys)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the results as JSON ('-' for stdout)")
     p.add_argument("--csv", metavar="FILE", help="write the per-photo scores as CSV ('-' for stdout)")
     p.set_defaults(func=run_scan)
@@ -221,18 +230,23 @@ def _scan(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
 
-    rows, verdict, errors = scan_paths(args.inputs, detector, key, alpha=args.alpha, progress=True)
+    if args.key_test < 0:
+        raise UsageError(f"--key-test must be 0 or more null keys, got {args.key_test}")
+    try:
+        rows, verdict, errors = scan_paths(args.inputs, detector, key, alpha=args.alpha, progress=True, null_keys=args.key_test)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if not rows:
         raise UsageError("no readable photos to scan" + (f" ({len(errors)} unreadable)" if errors else ""))
 
     # With a machine-readable result on stdout, the human report goes to stderr.
     report = sys.stderr if "-" in (args.json, args.csv) else sys.stdout
     print_table(rows, report)
-    calibrated = verdict is not None
-    if calibrated:
+    calibrated = detector.calibration is not None
+    if verdict is not None:
         print_verdict(verdict, key_fingerprint(key), report)
     else:
-        print(f"no verdict: {checkpoint} has no calibration.json; run `genwm calibrate` on it first", file=sys.stderr)
+        print(f"no verdict: {checkpoint} has no calibration.json; run `genwm calibrate` on it first, or pass --key-test N", file=sys.stderr)
 
     result = {
         "detector": str(checkpoint),
@@ -247,7 +261,7 @@ def _scan(args) -> int:
         _write_output(args.json, json.dumps(result, indent=2) + "\n")
     if args.csv:
         _write_output(args.csv, scores_csv(rows))
-    if not calibrated:
+    if verdict is None:
         return EXIT_ERROR
     return EXIT_DETECTED if verdict["watermark_detected"] else EXIT_NOT_DETECTED
 
@@ -261,12 +275,20 @@ def print_table(rows, out) -> None:
 
 
 def print_verdict(v: dict, fingerprint: str, out) -> None:
-    print(
-        f"\n{v['n_images']} images, {v['n_above_threshold']} above the threshold "
-        f"(logit {v['threshold_logit']:.3f}, per-image false-positive rate {v['per_image_fpr']:.4g})",
-        file=out,
-    )
-    print(f"binomial p-value {v['p_value']:.3g}, KS p-value {v['p_value_ks']:.3g}, alpha {v['alpha']:g}", file=out)
+    if v["test"] == "key":
+        print(
+            f"\n{v['n_images']} images: mean evidence {v['evidence']:.3f} under the key, {v['null_mean']:.3f} "
+            f"(sd {v['null_std']:.3f}) under {v['n_null_keys']} null keys",
+            file=out,
+        )
+        print(f"key test p-value {v['p_value']:.3g}, alpha {v['alpha']:g}", file=out)
+    else:
+        print(
+            f"\n{v['n_images']} images, {v['n_above_threshold']} above the threshold "
+            f"(logit {v['threshold_logit']:.3f}, per-image false-positive rate {v['per_image_fpr']:.4g})",
+            file=out,
+        )
+        print(f"binomial p-value {v['p_value']:.3g}, KS p-value {v['p_value_ks']:.3g}, alpha {v['alpha']:g}", file=out)
     if v["watermark_detected"]:
         print(f"DETECTED: these images carry the watermark of key {fingerprint}", file=out)
     else:

@@ -109,11 +109,13 @@ def add_finetune_options(p):
     g.add_argument("--holdout", type=float, dest="holdout_fraction", help="fraction held out; its clean part is the calibration null (default 0.2)")
     g.add_argument("--no-channel", action="store_false", default=None, dest="channel", help="train without publishing-channel augmentation")
     g.add_argument("--ft-seed", type=int, dest="ft_seed")
-    g.add_argument("--locate", action="store_true", default=None, help="find where the personalized models draw the mark and read there alone (a faint mark: see docs/BENCHMARKS.md)")
+    g.add_argument("--locate", action="store_true", default=None, help="find where the personalized models draw the mark and read there alone (a faint mark: see docs/BENCHMARKS.md); "
+                   "only the logit's scale is then trained, and the detector's set verdicts use the key test")
+    g.add_argument("--null-keys", type=int, dest="null_keys", help="with --locate: null keys located too, for the key test (default 99: smallest p-value 0.01)")
 
 
 def finetune_overrides(args) -> dict:
-    pairs = {"epochs": "epochs", "batch_size": "ft_batch_size", "learning_rate": "ft_lr", "holdout_fraction": "holdout_fraction", "channel": "channel", "seed": "ft_seed", "locate": "locate"}
+    pairs = {"epochs": "epochs", "batch_size": "ft_batch_size", "learning_rate": "ft_lr", "holdout_fraction": "holdout_fraction", "channel": "channel", "seed": "ft_seed", "locate": "locate", "null_keys": "null_keys"}
     return {k: getattr(args, a) for k, a in pairs.items() if getattr(args, a, None) is not None}
 
 
@@ -189,13 +191,13 @@ def run_evaluate(args) -> int:
     if args.work:
         if args.detector or args.clean or args.watermarked:
             raise ValueError("--work runs the whole evaluation; do not combine it with --detector/--clean/--watermarked")
-        config = EvaluateConfig(unknown_method=args.unknown_method, unseen_prompts=args.unseen_prompts, control=not args.no_control, n_images=args.n, test_seed_offset=args.test_seed_offset)
+        config = EvaluateConfig(unknown_method=args.unknown_method, unseen_prompts=args.unseen_prompts, control=not args.no_control, n_images=args.n, test_seed_offset=args.test_seed_offset, set_size=args.set_size)
         report = run_evaluation(args.work, key, config)
         where = Path(args.work) / "evaluation"
     else:
         if not (args.detector and args.clean and args.watermarked and args.out):
             raise ValueError("pass --work, or all of --detector, --clean, --watermarked and --out")
-        result = evaluate_sets(args.detector, key, args.clean, args.watermarked, args.setting, allow_dishonest=args.allow_dishonest)
+        result = evaluate_sets(args.detector, key, args.clean, args.watermarked, args.setting, allow_dishonest=args.allow_dishonest, set_size=args.set_size)
         report = {"format": "genwm-evaluation", "version": 1, "detector": str(Path(args.detector).resolve()), "settings": {args.setting: result}}
         report["summary"] = {args.setting: {k: result["metrics"][k] for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr", "n_clean", "n_watermarked")}}
         write_report(report, args.out, title=args.setting)
@@ -281,6 +283,7 @@ def register(subparsers) -> None:
     p.add_argument("--setting", default="known", choices=["known", "unknown", "control"])
     p.add_argument("--out", help="report folder (with --detector)")
     p.add_argument("--allow-dishonest", action="store_true", help="report even if the test models overlap the fine-tuning ones (flagged in the report)")
+    p.add_argument("--set-size", type=int, default=8, help="the key test on sets of this many images of one model, and on each model's images all together (0: skip)")
     add_key_options(p)
     p.set_defaults(func=run_evaluate)
 

@@ -64,6 +64,9 @@ class DetectorConfig:
     # normalised), instead of searching every shift and scale: generated images keep a few
     # tenths of the mark at best, and the best of thousands of looks at a clean image stands
     # out more than that (docs/BENCHMARKS.md, the mini world). None: search (photos, phase 1).
+    # "null_scales": where the key test's null keys (genwm.keys.null_key_bits) were located by
+    # the same procedure on the same images, one scale each; their weights are the detector's
+    # `null_weights` buffer (see Detector.key_evidence).
     located: dict | None = None
 
     def __post_init__(self):
@@ -72,7 +75,10 @@ class DetectorConfig:
             weights = [float(w) for w in self.located["weights"]]
             if len(weights) != self.tile**2 or not any(weights):
                 raise ValueError(f"located weights: expected {self.tile ** 2} numbers, not all zero (one per shift of the {self.tile}-px tile), got {len(weights)}")
-            self.located = {"scale": float(self.located["scale"]), "weights": weights}
+            located = {"scale": float(self.located["scale"]), "weights": weights}
+            if self.located.get("null_scales") is not None:
+                located["null_scales"] = [float(v) for v in self.located["null_scales"]]
+            self.located = located
         if isinstance(self.template, GeneratorConfig):
             self.template = self.template.to_dict()
 
@@ -167,6 +173,8 @@ class Detector(nn.Module):
         self.null_peak = nn.Parameter(torch.tensor(3.3))
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.bias = nn.Parameter(torch.tensor(1.0))
+        if config.located is not None and "null_scales" in config.located:
+            self.register_buffer("null_weights", torch.zeros(len(config.located["null_scales"]), config.tile**2))
 
     @classmethod
     def for_generator(cls, generator: WatermarkGenerator, **options) -> "Detector":
@@ -190,12 +198,8 @@ class Detector(nn.Module):
         residual = self.residual(images)
         spectrum = self.template_spectrum(templates)
         if self.config.located is not None:
-            scale = self.config.located["scale"]
-            z = self.shift_z(residual, spectrum, scale)
-            if z is None:
-                raise ValueError(f"image of {tuple(images.shape[-2:])} px holds no block of the mark at scale {scale:.3f}")
-            weights = torch.tensor(self.config.located["weights"], dtype=z.dtype, device=z.device)
-            return z @ (weights / weights.norm())
+            weights = torch.tensor(self.config.located["weights"], device=residual.device)
+            return self.read_located(residual, spectrum, [self.config.located["scale"]] * spectrum.shape[1], weights.expand(spectrum.shape[1], -1))
         scales = self.config.scales()
         refine = refine if refine is not None else not torch.is_grad_enabled()
         drifts = self.config.drifts() if refine else [0.0]
@@ -228,6 +232,52 @@ class Detector(nn.Module):
             if found is not None:
                 best[n] = torch.maximum(best[n], found.amax(dim=(0, 1))[0])
         return torch.stack(best)
+
+    def set_located(self, scale: float, weights, null_scales=None, null_weights: torch.Tensor | None = None) -> None:
+        """Read at one scale with weights over the tile's shifts from now on (DetectorConfig
+        .located); with null_scales and null_weights [n, T*T], the key test's null keys' own."""
+        located = {"scale": scale, "weights": [float(w) for w in weights]}
+        if null_scales:
+            located["null_scales"] = list(null_scales)
+        self.config.located = DetectorConfig(template=self.config.template, located=located).located  # validated
+        self._buffers.pop("null_weights", None)
+        if null_scales:
+            self.register_buffer("null_weights", torch.as_tensor(null_weights, dtype=torch.float32).reshape(len(null_scales), -1).clone())
+
+    def read_located(self, residual: torch.Tensor, spectrum: torch.Tensor, scales: list[float], weights: torch.Tensor) -> torch.Tensor:
+        """Evidence [N, K]: template k's z-scores over shifts (shift_z) at scales[k], weighed
+        by weights[k] (normalised), for spectra [1, K, ...]."""
+        out = residual.new_zeros(residual.shape[0], len(scales))
+        for s in sorted(set(scales)):
+            keys = [k for k, v in enumerate(scales) if v == s]
+            z = self.shift_z(residual, spectrum[:, keys], s)
+            if z is None:
+                raise ValueError(f"image of {tuple(residual.shape[-2:])} px holds no block of the mark at scale {s:.3f}")
+            w = weights[keys].to(z)
+            out[:, keys] = (z * (w / w.norm(dim=-1, keepdim=True))).sum(-1)
+        return out
+
+    def key_evidence(self, images: torch.Tensor, bits: torch.Tensor, n_null: int | None = None) -> torch.Tensor:
+        """Evidence [N, 1 + n_null] under bits [n_bits] and under the key test's null keys
+        (genwm.keys.null_key_bits), each read as this detector reads for that key: searched, or,
+        located, where the same procedure located it (n_null is then the number it stores).
+        For a clean image no key is special, so the key's evidence ranks among the null keys'
+        at random: the key test's null (genwm.calibration.key_test)."""
+        from genwm.keys import null_key_bits
+
+        located = self.config.located
+        if located is not None:
+            if "null_scales" not in located:
+                raise ValueError("this located detector stores no null keys for the key test; fine-tune it again with this genwm")
+            n_null = len(located["null_scales"])
+        if not n_null:
+            raise ValueError("the key test needs at least one null key")
+        all_bits = torch.cat([bits.reshape(1, -1).cpu(), null_key_bits(n_null, self.config.n_bits)]).to(images.device)
+        templates = self.templates(all_bits)[None]
+        if located is None:
+            return self.evidence(images, templates)
+        weights = torch.cat([torch.tensor(located["weights"])[None], self.null_weights.cpu()])
+        return self.read_located(self.residual(images), self.template_spectrum(templates), [located["scale"], *located["null_scales"]], weights)
 
     @staticmethod
     def template_spectrum(templates: torch.Tensor) -> torch.Tensor:
@@ -386,22 +436,34 @@ class Detector(nn.Module):
         detector.calibration = load_calibration(path)
         return detector
 
+    def _canonical(self, image) -> torch.Tensor:
+        """A PIL image or a [3, H, W] tensor in [0, 1] -> [1, 3, h, w] at canonical scale, on D's device."""
+        from genwm.images import to_float_rgb
+
+        if not isinstance(image, torch.Tensor):
+            image = torch.from_numpy(to_float_rgb(image)).permute(2, 0, 1)
+        return self.to_canonical(image.to(next(self.parameters()).device))
+
     @torch.no_grad()
     def logits(self, images, key) -> "np.ndarray":
         """Binary logits, one per image (PIL images, or [3, H, W] tensors in [0, 1])."""
         import numpy as np
 
-        from genwm.images import to_float_rgb
         from genwm.keys import key_bits
 
         bits = key_bits(key, self.config.n_bits)[None] if isinstance(key, str) else key
-        device = next(self.parameters()).device
-        out = []
-        for img in images:
-            if not isinstance(img, torch.Tensor):
-                img = torch.from_numpy(to_float_rgb(img)).permute(2, 0, 1)
-            out.append(self.logit(self.to_canonical(img.to(device)), bits.to(device)).item())
-        return np.array(out)
+        bits = bits.to(next(self.parameters()).device)
+        return np.array([self.logit(self._canonical(img), bits).item() for img in images])
+
+    @torch.no_grad()
+    def key_evidences(self, images, key: str, n_null: int | None = None) -> "np.ndarray":
+        """key_evidence, [images, 1 + null keys], for PIL images or [3, H, W] tensors."""
+        import numpy as np
+
+        from genwm.keys import key_bits
+
+        bits = key_bits(key, self.config.n_bits)
+        return np.stack([self.key_evidence(self._canonical(img), bits, n_null)[0].cpu().numpy() for img in images])
 
     def score(self, images, key) -> "np.ndarray":
         """Probability, per image, that it carries the key's watermark."""
@@ -409,10 +471,17 @@ class Detector(nn.Module):
 
         return expit(self.logits(images, key))
 
-    def verdict(self, images, key, alpha: float = 0.01) -> dict:
-        """Set-level test against the calibrated null distribution (see genwm.calibration)."""
-        from genwm.calibration import set_verdict
+    def verdict(self, images, key, alpha: float = 0.01, null_keys: int = 0) -> dict:
+        """Set-level test (see genwm.calibration): the key test for a located detector or with
+        null_keys, else the binomial test against the calibrated null distribution."""
+        from genwm.calibration import key_test, key_test_problem, set_verdict
 
+        images = list(images)
+        if self.config.located is not None or null_keys:
+            problem = key_test_problem(self)
+            if problem:
+                raise ValueError(f"no key test with this detector: {problem}")
+            return key_test(self.key_evidences(images, key, null_keys), alpha)
         if not getattr(self, "calibration", None):
-            raise ValueError("this detector has no calibration.json; run `genwm calibrate` first")
+            raise ValueError("this detector has no calibration.json; run `genwm calibrate` first, or pass null_keys")
         return set_verdict(self.logits(images, key), self.calibration, alpha=alpha)

@@ -1,0 +1,60 @@
+"""The key test: a set-level test whose false-positive rate holds for images of one model."""
+import numpy as np
+import pytest
+import torch
+
+from genwm.calibration import key_test, make_calibration, set_verdict
+from genwm.models import Detector, DetectorConfig, GeneratorConfig
+
+from conftest import smooth_photo
+
+KEY = "key-test-key"
+
+
+def test_p_value_counts_the_null_keys_scoring_at_least_as_high():
+    evidence = np.array([[2.0, 1.0, 3.0, 2.0, 0.0], [2.0, 1.0, 3.0, 2.0, 0.0]])
+    result = key_test(evidence, alpha=0.5)
+    assert result["n_null_keys"] == 4 and result["evidence"] == 2.0
+    assert result["p_value"] == pytest.approx(3 / 5) and not result["watermark_detected"]  # 3.0, 2.0 and the key itself
+    assert key_test(np.array([[5.0, 1.0, 2.0, 3.0]]), alpha=0.25)["watermark_detected"]  # p = 1/4 <= 0.25
+    with pytest.raises(ValueError, match="at least one image and one null key"):
+        key_test(np.zeros((3, 1)))
+
+
+def located_detector(n_null: int) -> Detector:
+    """A detector reading one place per key, as phase 2's located ones do; the null keys' places
+    are drawn at random (any places chosen without the suspect images would do)."""
+    torch.manual_seed(0)
+    d = Detector(DetectorConfig(template=GeneratorConfig(tile=8, canonical_size=64).to_dict(), width=8, highpass=True)).eval()
+    g = torch.Generator().manual_seed(1)
+    d.set_located(1.0, torch.randn(64, generator=g).tolist(), [1.0] * n_null, torch.randn(n_null, 64, generator=g))
+    return d
+
+
+def model_images(n: int, seed: int, texture_seed: int | None) -> list[torch.Tensor]:
+    """Photo-like images of one "model": each with its own content and noise, all with the
+    model's fine texture (texture_seed), or each with a texture of its own (None)."""
+    rng = np.random.default_rng(seed)
+    shared = np.random.default_rng(texture_seed).normal(0, 0.03, (3, 64, 64)) if texture_seed is not None else None
+    out = []
+    for i in range(n):
+        x = smooth_photo(64, 64, seed * 1000 + i).transpose(2, 0, 1) / 255
+        texture = shared if shared is not None else rng.normal(0, 0.03, (3, 64, 64))
+        out.append(torch.from_numpy(x + texture + rng.normal(0, 0.01, x.shape)).float().clamp(0, 1))
+    return out
+
+
+def test_sets_sharing_one_models_texture_fool_the_binomial_test_but_not_the_key_test():
+    d = located_detector(n_null=99)
+    # The per-image null, measured honestly on independent clean images.
+    calibration = make_calibration(d.logits(model_images(240, 1, None), KEY), alpha_image=0.1)
+    binomial, keys = [], []
+    for m in range(60):  # 60 clean models, a set of 8 images from each
+        images = model_images(8, 100 + m, texture_seed=m)
+        binomial.append(set_verdict(d.logits(images, KEY), calibration, alpha=0.01)["watermark_detected"])
+        keys.append(d.verdict(images, KEY, alpha=0.01)["watermark_detected"])
+    # A model whose texture happens to meet the key's template lifts all 8 scores together: the
+    # binomial test, which takes them for independent, fires far above its 1%; the key test
+    # ranks the key among null keys read on the same images, and stays near 1%.
+    assert np.mean(binomial) >= 0.05, np.mean(binomial)
+    assert np.mean(keys) <= 0.04, np.mean(keys)
