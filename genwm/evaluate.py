@@ -177,21 +177,37 @@ def folder_key_evidence(detector, directory, key: str, n_null: int) -> np.ndarra
 def key_tests(detector, key: str, folders: dict, set_size: int, alpha: float = 0.01, n_null: int = 99) -> dict:
     """The key test on disjoint sets of set_size images of one model each (a set never mixes
     two models' images), and on each model's images all together: TPR over the watermarked
-    models' sets, FPR over the clean models' sets. folders: side ("clean"/"watermarked") ->
-    image folders, one model each."""
+    models' sets, FPR over the clean models' sets; and the per-image AUC under the key among
+    the null keys' AUCs. folders: "clean" and "watermarked" -> image folders, one model each."""
+    from sklearn.metrics import roc_auc_score
+
     from genwm.calibration import key_test
 
     detected = {side: [] for side in folders}
-    models = []
+    models, by_side = [], {side: [] for side in folders}
     for side, dirs in folders.items():
         for d in dirs:
             evidence = folder_key_evidence(detector, d, key, n_null)
+            by_side[side].append(evidence)
             detected[side] += [key_test(evidence[i : i + set_size], alpha)["watermark_detected"] for i in range(0, len(evidence) - set_size + 1, set_size)]
             whole = key_test(evidence, alpha)
             n_keys = whole["n_null_keys"]
             models.append({"dir": str(d), "side": side, **{k: whole[k] for k in ("n_images", "evidence", "null_mean", "null_std", "p_value", "watermark_detected")}})
     rate = {side: (float(np.mean(v)) if v else None) for side, v in detected.items()}
+    # The per-image AUC under every key: where the null keys, located the same way, tell the
+    # two sides apart as well as the key does, the watermarked-trained models differ from the
+    # clean-trained ones in some way that is not the key's mark.
+    clean, marked = (np.concatenate(by_side[side]) for side in ("clean", "watermarked"))
+    y = np.r_[np.zeros(len(clean)), np.ones(len(marked))]
+    aucs = np.array([roc_auc_score(y, np.r_[clean[:, k], marked[:, k]]) for k in range(clean.shape[1])])
     return {
+        "per_image_auc_by_key": {
+            "key": float(aucs[0]),
+            "null_median": float(np.median(aucs[1:])),
+            "null_q10": float(np.quantile(aucs[1:], 0.1)),
+            "null_q90": float(np.quantile(aucs[1:], 0.9)),
+            "rank_p": float((1 + np.sum(aucs[1:] >= aucs[0])) / len(aucs)),
+        },
         "set_size": set_size,
         "alpha": alpha,
         "n_null_keys": n_keys,

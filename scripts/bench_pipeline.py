@@ -112,6 +112,8 @@ def flat(report: dict) -> dict:
     for name in ("phase1_only_known", "known", "unknown", "control"):
         keys = (r.get(name) or {}).get("key_test") or {}
         if "models" in keys:
+            row[f"{name}.auc_null_keys_median"] = keys["per_image_auc_by_key"]["null_median"]
+            row[f"{name}.auc_key_rank_p"] = keys["per_image_auc_by_key"]["rank_p"]
             row[f"{name}.keytest_sets_tpr"] = keys["tpr"]
             row[f"{name}.keytest_sets_fpr"] = keys["fpr"]
             for side in ("clean", "watermarked"):

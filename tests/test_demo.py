@@ -70,6 +70,9 @@ def test_report_numbers_are_in_range_and_come_from_the_images(quick_demo):
         assert key_test(folder_key_evidence(detector, m["dir"], key, None))["p_value"] == pytest.approx(m["p_value"])
         assert 1 / (1 + keys["n_null_keys"]) <= m["p_value"] <= 1
     assert "models" in report["results"]["phase1_only_known"]["key_test"]  # phase 1's searching reading has one too
+    by_key = keys["per_image_auc_by_key"]
+    assert by_key["key"] == pytest.approx(report["results"]["known"]["roc_auc"], abs=1e-6)  # D's logit is monotone in the evidence
+    assert 0 <= by_key["null_q10"] <= by_key["null_median"] <= by_key["null_q90"] <= 1 and 0 < by_key["rank_p"] <= 1
 
 
 def test_no_watermark_control_is_not_a_detection(quick_demo):
