@@ -7,6 +7,7 @@ For each subject, in one work folder per variant:
 - "genwm": `genwm demo` (configs/demo.yaml): phase-1 detector alone and after phase 2, matched
   (known) and unknown method and prompts, the no-watermark control, sets of 8, image quality;
 - "genwm-partial": the same with 1/4 of the subject's photos watermarked;
+- "genwm-rows": the same with the row-constant mark (configs/demo-rows.yaml);
 - "dwtDct", "rivaGan": invisible-watermark's marks (a 32-bit message from the key) through the
   same personalization and synthesis; scored by the fraction of the message their decoder
   recovers from each generated image (they have no phase 2). The package refuses images under
@@ -29,6 +30,7 @@ from genwm import atomic
 from genwm.demo import DEFAULT_CONFIG, load_demo_config, protect_config_for, run_demo, shown_path, write_subject
 
 BASELINES = ("dwtDct", "rivaGan")
+ROWS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-rows.yaml"
 
 
 class BaselineWatermarker:
@@ -148,7 +150,8 @@ def main():
             if variant != "genwm":
                 link_clean(base / "genwm" / "work", work / "work" if variant.startswith("genwm") else work)
             if variant.startswith("genwm"):
-                report = run_demo(work, args.config, subject_index=subject, fraction=0.25 if variant == "genwm-partial" else None, key=key, progress=not args.quiet)
+                config = ROWS_CONFIG if variant == "genwm-rows" else args.config
+                report = run_demo(work, config, subject_index=subject, fraction=0.25 if variant == "genwm-partial" else None, key=key, progress=not args.quiet)
                 row = flat(report)
             else:
                 row = baseline_run(variant, subject, demo, args.config, work, key, not args.quiet)

@@ -323,6 +323,33 @@ def test_mirror_symmetric_mark_survives_a_horizontal_flip():
     assert flipped.max() < marked.min() - 3
 
 
+def test_row_constant_tiles_keep_the_rms_and_a_detector_of_the_same_config_reads_them():
+    """With `rows`, each tile is its rows' means (horizontal stripes) at the same RMS, unchanged
+    by a horizontal flip; the detector whose templates share the config, reading where the
+    mark was drawn, finds the stripes on textured images and another key's template does not."""
+    from genwm.keys import random_bits
+
+    torch.manual_seed(0)
+    g = WatermarkGenerator(GeneratorConfig(tile=16, max_rms=0.02, canonical_size=64, band=4, mirror=True, rows=True))
+    tiles = g(random_bits(3, g.config.n_bits))
+    assert torch.equal(tiles, tiles[..., :1].expand_as(tiles)) and torch.equal(tiles, tiles.flip(-1))
+    assert torch.allclose(tiles.pow(2).mean(dim=(1, 2, 3)).sqrt(), torch.full((3,), 0.02))
+    assert not torch.allclose(tiles[0], tiles[1])
+    rng = np.random.default_rng(0)
+    textured = torch.from_numpy(0.5 + rng.normal(0, 0.05, (8, 3, 64, 64))).float().clamp(0, 1)
+    bits, other = key_bits("k", 256)[None], key_bits("another", 256)[None]
+    detector = Detector.for_generator(g, block_periods=2, highpass=True)
+    detector.set_located(1.0, torch.eye(256)[0].tolist())
+    marked = g.embed(textured, bits)
+    with torch.no_grad():
+        own, foreign, clean = (detector.evidence(x, g(b)[:, None])[:, 0] for x, b in ((marked, bits), (marked, other), (textured, bits)))
+    # Each image's z-score over the tile's shifts has sd 1 on clean images, and a stripe
+    # template's reads at most about 2.2 (its profile's neighbouring shifts correlate too):
+    # one image tells little, a set of them a lot.
+    assert own.mean() > clean.mean() + 1.5 and own.min() > foreign.max() + 1, (own, foreign, clean)
+    assert own.max() < 3
+
+
 def test_keys_tiles_are_nearly_orthogonal_whatever_the_filter():
     """Keys' tiles are independent noise through one filter: they stay apart even when the
     filter keeps only a band of frequencies (what training could drive it to)."""

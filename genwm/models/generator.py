@@ -39,6 +39,11 @@ class GeneratorConfig:
     # copies (random_flip in diffusers' and genwm's scripts); an asymmetric mark mirrored no
     # longer matches its template, so half of what a model learns of it would be lost.
     mirror: bool = False
+    # Tiles constant along each row: horizontal stripes, the mark's vertical profile alone. The
+    # mini world's personalized models keep a row-constant mark about ten times better than the
+    # rest of it (docs/BENCHMARKS.md, the key test); the cost is a key space of a profile's few
+    # frequencies instead of a tile's, so different keys' marks correlate more.
+    rows: bool = False
 
     @property
     def n_bits(self) -> int:
@@ -89,6 +94,8 @@ class WatermarkGenerator(nn.Module):
             # about the tile's centre line: on an image a whole number of tiles wide, mirroring
             # the image leaves the mark exactly as it was (otherwise shifts it, which D allows)
             tile = tile + tile.flip(-1)
+        if self.config.rows:
+            tile = tile.mean(dim=-1, keepdim=True).expand_as(tile)
         tile = tile - tile.mean(dim=(2, 3), keepdim=True)  # no brightness shift
         rms = tile.pow(2).mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12).sqrt()
         return (tile * (self.config.max_rms / rms)).expand(-1, 3, -1, -1)
