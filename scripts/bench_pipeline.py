@@ -8,6 +8,7 @@ For each subject, in one work folder per variant:
   (known) and unknown method and prompts, the no-watermark control, sets of 8, image quality;
 - "genwm-partial": the same with 1/4 of the subject's photos watermarked;
 - "genwm-rows": the same with the row-constant mark (configs/demo-rows.yaml);
+- "genwm-profile": the same with a row-constant mark one image high (configs/demo-profile.yaml);
 - "dwtDct", "rivaGan": invisible-watermark's marks (a 32-bit message from the key) through the
   same personalization and synthesis; scored by the fraction of the message their decoder
   recovers from each generated image (they have no phase 2). The package refuses images under
@@ -30,7 +31,8 @@ from genwm import atomic
 from genwm.demo import DEFAULT_CONFIG, load_demo_config, protect_config_for, run_demo, shown_path, write_subject
 
 BASELINES = ("dwtDct", "rivaGan")
-ROWS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-rows.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+VARIANT_CONFIGS = {"genwm-rows": CONFIGS / "demo-rows.yaml", "genwm-profile": CONFIGS / "demo-profile.yaml"}
 
 
 class BaselineWatermarker:
@@ -150,7 +152,7 @@ def main():
             if variant != "genwm":
                 link_clean(base / "genwm" / "work", work / "work" if variant.startswith("genwm") else work)
             if variant.startswith("genwm"):
-                config = ROWS_CONFIG if variant == "genwm-rows" else args.config
+                config = VARIANT_CONFIGS.get(variant, args.config)
                 report = run_demo(work, config, subject_index=subject, fraction=0.25 if variant == "genwm-partial" else None, key=key, progress=not args.quiet)
                 row = flat(report)
             else:

@@ -1,6 +1,7 @@
 """Derive checkpoints/genwm-mini-rows: the mini world's phase-1 G and D with a row-constant mark.
 
     python scripts/derive_mini_rows.py [--source checkpoints/genwm-mini] [--out checkpoints/genwm-mini-rows]
+    python scripts/derive_mini_rows.py --tile 64 --band 16 --out checkpoints/genwm-mini-profile
 
 The same weights as the source, with GeneratorConfig.rows set for G and for D's templates: each
 key's tile averaged along its rows (horizontal stripes, the tile's vertical profile), at the
@@ -19,14 +20,25 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", default="checkpoints/genwm-mini")
     ap.add_argument("--out", default="checkpoints/genwm-mini-rows")
+    ap.add_argument("--tile", type=int, help="a new period (e.g. the image's height, for a profile that never repeats): G's "
+                    "learned filter does not fit another tile, so it becomes flat up to --band cycles per tile")
+    ap.add_argument("--band", type=int, help="with --tile: the highest frequency, in cycles per tile")
     args = ap.parse_args()
     generator, detector, config = load_checkpoint(args.source)
-    rows_generator = WatermarkGenerator(GeneratorConfig(**{**generator.config.to_dict(), "rows": True}))
-    rows_generator.load_state_dict(generator.state_dict())
+    changes = {"rows": True}
+    if args.tile:
+        changes.update(tile=args.tile, band=args.band)
+    rows_generator = WatermarkGenerator(GeneratorConfig(**{**generator.config.to_dict(), **changes}))
     detector_config = detector.config.to_dict()
-    rows_detector = Detector(DetectorConfig(**{**detector_config, "template": {**detector_config["template"], "rows": True}}))
-    rows_detector.load_state_dict(detector.state_dict())
-    metadata = {**(config.get("metadata") or {}), "derived": {"from": args.source, "rows": True, "script": "scripts/derive_mini_rows.py"}}
+    rows_detector = Detector(DetectorConfig(**{**detector_config, "template": {**detector_config["template"], **changes}}))
+    if args.tile:
+        # the front end is tile-agnostic and keeps its weights; the templates are G's
+        rows_detector.extractor.load_state_dict(detector.extractor.state_dict())
+        rows_detector.templates.load_state_dict(rows_generator.state_dict())
+    else:
+        rows_generator.load_state_dict(generator.state_dict())
+        rows_detector.load_state_dict(detector.state_dict())
+    metadata = {**(config.get("metadata") or {}), "derived": {"from": args.source, **changes, "script": "scripts/derive_mini_rows.py"}}
     save_checkpoint(args.out, generator=rows_generator, detector=rows_detector, metadata=metadata)
     print(f"{args.out}: {args.source} with row-constant tiles")
 
