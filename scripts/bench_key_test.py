@@ -51,6 +51,9 @@ class OffAxisDetector(Detector):
         return spectrum
 
 
+READINGS = ("search", "shift0", "row0", "shift0-offaxis", "located")
+
+
 def fixed_place_reader(checkpoint, n_null: int, shifts: list[int], cls=Detector) -> Detector:
     """The phase-1 front end reading, for every key alike, the given shifts of the tile at scale 1."""
     loaded = Detector.from_pretrained(checkpoint)
@@ -130,30 +133,33 @@ def main():
     ap.add_argument("--null-keys", type=int, default=99)
     ap.add_argument("--alpha", type=float, default=0.01)
     ap.add_argument("--out", type=Path, default=Path("docs/results/key_test"))
+    ap.add_argument("--readings", nargs="+", choices=READINGS, default=list(READINGS), help="which readings (default: all)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     tile = Detector.from_pretrained(args.checkpoint).config.tile
-    readers = {
-        "search": Detector.from_pretrained(args.checkpoint).eval(),
-        "shift0": fixed_place_reader(args.checkpoint, args.null_keys, [0]),
-        "row0": fixed_place_reader(args.checkpoint, args.null_keys, list(range(tile))),
-        "shift0-offaxis": fixed_place_reader(args.checkpoint, args.null_keys, [0], OffAxisDetector),
+    make = {
+        "search": lambda: Detector.from_pretrained(args.checkpoint).eval(),
+        "shift0": lambda: fixed_place_reader(args.checkpoint, args.null_keys, [0]),
+        "row0": lambda: fixed_place_reader(args.checkpoint, args.null_keys, list(range(tile))),
+        "shift0-offaxis": lambda: fixed_place_reader(args.checkpoint, args.null_keys, [0], OffAxisDetector),
     }
+    readers = {name: make[name]() for name in args.readings if name != "located"}
     rows = []
     for work in args.works:
-        readers["located"] = Detector.from_pretrained(work / "detector").eval()
+        if "located" in args.readings:
+            readers["located"] = Detector.from_pretrained(work / "detector").eval()
         fitted = fitted_folders(work)
         for folder, side in model_folders(work):
             p = {name: key_test(folder_key_evidence(d, folder, args.key, args.null_keys), args.alpha)["p_value"] for name, d in readers.items()}
             rows.append({"work": str(work), "model": folder.name, "side": side, "fitted": folder.name in fitted, "p": p})
             print(json.dumps(rows[-1]), flush=True)
-    readings = list(readers)
+    readings = [name for name in READINGS if name in readers]
     summary = {reading: rates(rows, reading, args.alpha) for reading in readings}
     for reading, r in summary.items():
         print(f"{reading:15s} at {args.alpha:g}: TPR {r['tpr']:.2f} of {r['n_watermarked_models']} watermarked models, FPR {r['fpr']:.2f} of {r['n_clean_models']} clean; "
-              f"at 0.05: {r['tpr_at_0.05']:.2f}, {r['fpr_at_0.05']:.2f}; median p {r['median_p_watermarked']:.2f} / {r['median_p_clean']:.2f}")
+              f"at 0.05: {r['tpr_at_0.05']:.2f}, {r['fpr_at_0.05']:.2f}; median p {r['median_p_watermarked']:.3f} / {r['median_p_clean']:.3f}")
     record = {
-        "command": "python scripts/bench_key_test.py " + " ".join(str(w) for w in args.works) + f" --null-keys {args.null_keys} --alpha {args.alpha} --out {args.out}",
+        "command": "python scripts/bench_key_test.py " + " ".join(str(w) for w in args.works) + f" --checkpoint {args.checkpoint} --null-keys {args.null_keys} --alpha {args.alpha} --readings {' '.join(args.readings)} --out {args.out}",
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "alpha": args.alpha,
