@@ -350,13 +350,11 @@ def scan_paths(inputs, detector, key, alpha: float = 0.01, progress: bool = Fals
     (genwm.calibration.key_test, which holds for images of one model too), the binomial one
     then beside it as "binomial".
     """
-    from genwm.calibration import key_test, key_test_problem, set_verdict
+    from genwm.calibration import key_test, set_verdict, wants_key_test
 
     calibration = getattr(detector, "calibration", None) or None
     threshold = calibration["threshold"] if calibration else None
-    by_keys = detector.config.located is not None or null_keys > 0
-    if by_keys and key_test_problem(detector):
-        raise ValueError(f"no key test with this detector: {key_test_problem(detector)}")
+    by_keys = wants_key_test(detector, null_keys)
     rows, errors, evidence = [], [], []
     for path, _ in _progress(find_images(inputs), progress):
         try:

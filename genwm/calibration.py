@@ -89,6 +89,25 @@ def key_test_problem(detector) -> str | None:
     return None
 
 
+def wants_key_test(detector, null_keys: int = 0) -> bool:
+    """Whether a set verdict is the key test: always for a located detector (it carries its
+    null keys), and for any other when null_keys are asked for; ValueError where the key test
+    would not be exact for this detector."""
+    if detector.config.located is None and not null_keys:
+        return False
+    problem = key_test_problem(detector)
+    if problem:
+        raise ValueError(f"no key test with this detector: {problem}")
+    return True
+
+
+def rank_p_value(statistic: float, null) -> float:
+    """(1 + #null values at least as high) / (1 + #null values): the p-value of a statistic
+    ranked among null draws of itself, never below 1 / (1 + #null values)."""
+    null = np.asarray(null, dtype=float)
+    return float((1 + np.sum(null >= statistic)) / (1 + len(null)))
+
+
 def key_test(evidence, alpha: float = 0.01) -> dict:
     """The key test of a set of images from their evidence [N, 1 + n] under the subject's key
     (column 0) and n null keys (Detector.key_evidence): the set's mean evidence under the key,
@@ -99,7 +118,7 @@ def key_test(evidence, alpha: float = 0.01) -> dict:
         raise ValueError(f"key test: need evidence [images, 1 + null keys] with at least one image and one null key, got shape {evidence.shape}")
     means = evidence.mean(axis=0)
     n_null = len(means) - 1
-    p = float((1 + np.sum(means[1:] >= means[0])) / (1 + n_null))
+    p = rank_p_value(means[0], means[1:])
     return {
         "n_images": len(evidence),
         "n_null_keys": n_null,

@@ -181,7 +181,7 @@ def key_tests(detector, key: str, folders: dict, set_size: int, alpha: float = 0
     the null keys' AUCs. folders: "clean" and "watermarked" -> image folders, one model each."""
     from sklearn.metrics import roc_auc_score
 
-    from genwm.calibration import key_test
+    from genwm.calibration import key_test, rank_p_value
 
     detected = {side: [] for side in folders}
     models, by_side = [], {side: [] for side in folders}
@@ -206,7 +206,7 @@ def key_tests(detector, key: str, folders: dict, set_size: int, alpha: float = 0
             "null_median": float(np.median(aucs[1:])),
             "null_q10": float(np.quantile(aucs[1:], 0.1)),
             "null_q90": float(np.quantile(aucs[1:], 0.9)),
-            "rank_p": float((1 + np.sum(aucs[1:] >= aucs[0])) / len(aucs)),
+            "rank_p": rank_p_value(aucs[0], aucs[1:]),
         },
         "set_size": set_size,
         "alpha": alpha,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from genwm.calibration import make_calibration
+from genwm.calibration import make_calibration, rank_p_value
 from genwm.channel import ATTACKS, ChannelConfig, PublishingChannel
 from genwm.checkpoint import save_calibration, save_checkpoint
 from genwm.images import to_float_rgb
@@ -306,7 +306,7 @@ def finetune_detector(clean, watermarked, detector, out, key: str, config: Finet
         null_t_max = np.array(location.pop("null_t_max"))
         # How the key's place stands out among the places found for keys never used: two
         # models differ somewhere for any key, so a t_max alone proves nothing.
-        location["t_max_key_rank_p"] = float((1 + np.sum(null_t_max >= location["t_max"])) / (1 + len(null_t_max))) if len(null_t_max) else None
+        location["t_max_key_rank_p"] = rank_p_value(location["t_max"], null_t_max) if len(null_t_max) else None
         location["null_t_max_median"] = float(np.median(null_t_max)) if len(null_t_max) else None
         # The key test ranks the key's reading among the null keys' (genwm.calibration.key_test);
         # that holds only while one front end, fitted for none of them, reads every key. So

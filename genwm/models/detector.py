@@ -474,13 +474,10 @@ class Detector(nn.Module):
     def verdict(self, images, key, alpha: float = 0.01, null_keys: int = 0) -> dict:
         """Set-level test (see genwm.calibration): the key test for a located detector or with
         null_keys, else the binomial test against the calibrated null distribution."""
-        from genwm.calibration import key_test, key_test_problem, set_verdict
+        from genwm.calibration import key_test, set_verdict, wants_key_test
 
         images = list(images)
-        if self.config.located is not None or null_keys:
-            problem = key_test_problem(self)
-            if problem:
-                raise ValueError(f"no key test with this detector: {problem}")
+        if wants_key_test(self, null_keys):
             return key_test(self.key_evidences(images, key, null_keys), alpha)
         if not getattr(self, "calibration", None):
             raise ValueError("this detector has no calibration.json; run `genwm calibrate` first, or pass null_keys")
