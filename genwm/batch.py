@@ -355,13 +355,14 @@ def scan_paths(inputs, detector, key, alpha: float = 0.01, progress: bool = Fals
     calibration = getattr(detector, "calibration", None) or None
     threshold = calibration["threshold"] if calibration else None
     by_keys = wants_key_test(detector, null_keys)
+    read_keys = detector.key_reader(key, null_keys) if by_keys else None
     rows, errors, evidence = [], [], []
     for path, _ in _progress(find_images(inputs), progress):
         try:
             image = load_image(path).image
             logit = float(detector.logits([image], key)[0])
             if by_keys:
-                evidence.append(detector.key_evidences([image], key, null_keys)[0])
+                evidence.append(read_keys(image))
         except Exception as e:
             errors.append({"path": str(path), "error": failure_reason(path, e)})
             report_error(errors[-1]["error"])
@@ -379,7 +380,7 @@ def scan_paths(inputs, detector, key, alpha: float = 0.01, progress: bool = Fals
     binomial = set_verdict(np.array([r["logit"] for r in rows]), calibration, alpha=alpha) if calibration else None
     if not by_keys:
         return rows, binomial and {"test": "binomial", **binomial}, errors
-    return rows, {"test": "key", **key_test(np.stack(evidence), alpha), "binomial": binomial}, errors
+    return rows, {"test": "key", **key_test(np.stack(evidence), alpha, reference=detector.key_reference), "binomial": binomial}, errors
 
 
 def _sigmoid(x: float) -> float:

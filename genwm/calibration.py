@@ -108,15 +108,28 @@ def rank_p_value(statistic: float, null) -> float:
     return float((1 + np.sum(null >= statistic)) / (1 + len(null)))
 
 
-def key_test(evidence, alpha: float = 0.01) -> dict:
+def key_test(evidence, alpha: float = 0.01, reference=None) -> dict:
     """The key test of a set of images from their evidence [N, 1 + n] under the subject's key
     (column 0) and n null keys (Detector.key_evidence): the set's mean evidence under the key,
     ranked among the null keys' means. Detected when p <= alpha (with n null keys the
-    smallest p is 1 / (n + 1), so alpha below that can never be met)."""
+    smallest p is 1 / (n + 1), so alpha below that can never be met).
+
+    reference [1 + n]: each key's mean evidence on images of the subject's clean-trained
+    models (Detector.key_reference), subtracted from the set's means before ranking. The rank
+    is uniform over the draw of the key, but for one key and one subject's photos it is not:
+    images inherit their photos' chance correlation with each key, so a clean model of that
+    subject can rank the key high every time (docs/BENCHMARKS.md). Against the reference, a
+    clean model of the subject differs from it by its own texture alone, whatever that
+    correlation; the price is the reference's own noise."""
     evidence = np.asarray(evidence, dtype=float)
     if evidence.ndim != 2 or evidence.shape[1] < 2 or not len(evidence):
         raise ValueError(f"key test: need evidence [images, 1 + null keys] with at least one image and one null key, got shape {evidence.shape}")
     means = evidence.mean(axis=0)
+    if reference is not None:
+        reference = np.asarray(reference, dtype=float)
+        if reference.shape != means.shape:
+            raise ValueError(f"key test: the reference has {reference.size} numbers for {means.size} keys")
+        means = means - reference
     n_null = len(means) - 1
     p = rank_p_value(means[0], means[1:])
     return {
@@ -125,6 +138,7 @@ def key_test(evidence, alpha: float = 0.01) -> dict:
         "evidence": float(means[0]),
         "null_mean": float(means[1:].mean()),
         "null_std": float(means[1:].std()),
+        "against_reference": reference is not None,
         "p_value": p,
         "alpha": alpha,
         "watermark_detected": p <= alpha,

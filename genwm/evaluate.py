@@ -183,14 +183,15 @@ def key_tests(detector, key: str, folders: dict, set_size: int, alpha: float = 0
 
     from genwm.calibration import key_test, rank_p_value
 
+    reference = detector.key_reference
     detected = {side: [] for side in folders}
     models, by_side = [], {side: [] for side in folders}
     for side, dirs in folders.items():
         for d in dirs:
             evidence = folder_key_evidence(detector, d, key, n_null)
             by_side[side].append(evidence)
-            detected[side] += [key_test(evidence[i : i + set_size], alpha)["watermark_detected"] for i in range(0, len(evidence) - set_size + 1, set_size)]
-            whole = key_test(evidence, alpha)
+            detected[side] += [key_test(evidence[i : i + set_size], alpha, reference)["watermark_detected"] for i in range(0, len(evidence) - set_size + 1, set_size)]
+            whole = key_test(evidence, alpha, reference)
             n_keys = whole["n_null_keys"]
             models.append({"dir": str(d), "side": side, **{k: whole[k] for k in ("n_images", "evidence", "null_mean", "null_std", "p_value", "watermark_detected")}})
     rate = {side: (float(np.mean(v)) if v else None) for side, v in detected.items()}
@@ -211,6 +212,7 @@ def key_tests(detector, key: str, folders: dict, set_size: int, alpha: float = 0
         "set_size": set_size,
         "alpha": alpha,
         "n_null_keys": n_keys,
+        "against_reference": reference is not None,
         "tpr": rate.get("watermarked"),
         "fpr": rate.get("clean"),
         "n_watermarked_sets": len(detected.get("watermarked", [])),

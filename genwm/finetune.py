@@ -30,6 +30,9 @@ from genwm.models import Detector
 from genwm.personalize.common import coerce, list_images
 
 
+PLACES = ("found", "drawn")
+
+
 @dataclass
 class FinetuneConfig:
     epochs: int = 20
@@ -44,7 +47,17 @@ class FinetuneConfig:
     # Training then sees whole images from their top-left corner, through a channel that keeps
     # the geometry (no resizing or cropping), so the place stays where it was found.
     locate: bool = False
+    # With locate, which place: "found", where the key's mark tells S_w from S best (and each
+    # null key's own best place, so the key test stays exact: every key gets the same chance to
+    # fit); "drawn", where genwm drew it (scale 1, the tile's shift 0), the same place for every
+    # key, chosen before any image is seen: for a mimic that trains at the photos' own size and
+    # placement, as the mini world's does. Choosing nothing keeps the key test's power.
+    place: str = "found"
     null_keys: int = 99  # with locate: null keys located too, for the key test (smallest p: 1 / (n + 1))
+    # With locate: the key test reads a suspect set against S, each key's mean evidence on the
+    # clean-trained models' images (genwm.calibration.key_test), so that a clean model of this
+    # subject is not found for the photos' own chance correlation with the key.
+    key_reference: bool = True
     seed: int = 0
     alpha_image: float = 0.01
     calibration_attacks: list = field(default_factory=lambda: list(ATTACKS))
@@ -63,6 +76,8 @@ class FinetuneConfig:
         config = FinetuneConfig(**values)
         if config.null_keys < 0:
             raise ValueError(f"null_keys must be 0 or more, got {config.null_keys}")
+        if config.place not in PLACES:
+            raise ValueError(f"place must be one of {', '.join(PLACES)}, got {config.place!r}")
         if not 0 < config.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {config.holdout_fraction}")
         unknown_attacks = sorted(set(config.calibration_attacks) - set(ATTACKS))
@@ -234,8 +249,17 @@ def welch_t(marked: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     return (marked.mean(0) - clean.mean(0)) / (marked.var(0) / len(marked) + clean.var(0) / len(clean)).sqrt().clamp_min(1e-12)
 
 
+def t_maps(detector: Detector, residuals: dict, spectrum: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """Welch's t [K, T*T], between the watermarked- and the clean-model images' z-scores
+    (Detector.shift_z) at every shift of the tile at one scale; None if an image holds no block."""
+    z = {side: [detector.shift_z(r, spectrum, scale) for r in rs] for side, rs in residuals.items()}
+    if any(v is None for vs in z.values() for v in vs):
+        return None
+    return welch_t(*(torch.cat(z[side]) for side in ("watermarked", "clean")))
+
+
 @torch.no_grad()
-def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torch.Tensor], bits: torch.Tensor, n_null: int = 0) -> dict:
+def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torch.Tensor], bits: torch.Tensor, n_null: int = 0, place: str = "found") -> dict:
     """Where personalized models draw the key's mark, for DetectorConfig.located: at each of the
     detector's scales, Welch's t over the images between the watermarked-model and the
     clean-model images' z-scores (Detector.shift_z) at every shift of the tile; the scale whose
@@ -248,6 +272,8 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
     same images: the key test ranks the key's reading among theirs, so each must be fitted as
     the key's was. Two models differ somewhere by chance for any key: the null keys' t_max
     says how far (docs/BENCHMARKS.md, the mini world).
+    place="drawn" fits nothing: every key is read at scale 1, shift 0 (FinetuneConfig.place),
+    and "t_max" is each key's t there.
     -> {"scale", "weights" (T*T), "t_max", "peak": [dy, dx], "null_scales" (n_null),
     "null_weights" [n_null, T*T], "null_t_max" (n_null)}."""
     from genwm.keys import null_key_bits
@@ -256,20 +282,34 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
     all_bits = torch.cat([bits.reshape(1, -1).float(), null_key_bits(n_null, detector.config.n_bits)])
     spectrum = detector.template_spectrum(detector.templates(all_bits)[None])
     residuals = {side: [detector.residual(x[None]) for x in images] for side, images in (("clean", clean), ("watermarked", watermarked))}
+    t_size = detector.config.tile
+    if place == "drawn":
+        t = t_maps(detector, residuals, spectrum, 1.0)
+        if t is None:
+            raise ValueError("these images hold no whole block of the mark at scale 1")
+        weights = torch.zeros(len(all_bits), t_size**2)
+        weights[:, 0] = 1.0
+        return {
+            "scale": 1.0,
+            "weights": weights[0].tolist(),
+            "t_max": float(t[0, 0]),
+            "peak": [0, 0],
+            "null_scales": [1.0] * n_null,
+            "null_weights": weights[1:],
+            "null_t_max": t[1:, 0].tolist(),
+        }
     best_t, best_scale, best_weights = torch.full((len(all_bits),), -torch.inf), torch.zeros(len(all_bits), dtype=torch.float64), None
     for scale in detector.config.scales():
-        z = {side: [detector.shift_z(r, spectrum, scale) for r in rs] for side, rs in residuals.items()}
-        if any(v is None for vs in z.values() for v in vs):
+        t = t_maps(detector, residuals, spectrum, scale)
+        if t is None:
             continue  # some image holds no block at this scale
-        c, m = (torch.cat(z[side]) for side in ("clean", "watermarked"))  # [n, K, T*T]
-        t = welch_t(m, c)  # [K, T*T]
         better = t.amax(dim=1) > best_t
         best_weights = t if best_weights is None else torch.where(better[:, None], t, best_weights)
         best_scale = torch.where(better, torch.tensor(scale, dtype=torch.float64), best_scale)
         best_t = torch.maximum(best_t, t.amax(dim=1))
     if best_weights is None:
         raise ValueError("no scale of the mark fits a block of these images; they are too small to locate it")
-    i, t_size = int(best_weights[0].argmax()), detector.config.tile
+    i = int(best_weights[0].argmax())
     return {
         "scale": float(best_scale[0]),
         "weights": best_weights[0].tolist(),
@@ -301,7 +341,7 @@ def finetune_detector(clean, watermarked, detector, out, key: str, config: Finet
     before = holdout_metrics(detector, data, bits)
     location = None
     if config.locate:
-        location = locate(detector, data.images["train_clean"], data.images["train_watermarked"], bits, n_null=config.null_keys)
+        location = locate(detector, data.images["train_clean"], data.images["train_watermarked"], bits, n_null=config.null_keys, place=config.place)
         detector.set_located(location["scale"], location.pop("weights"), location.pop("null_scales"), location.pop("null_weights"))
         null_t_max = np.array(location.pop("null_t_max"))
         # How the key's place stands out among the places found for keys never used: two
@@ -313,6 +353,8 @@ def finetune_detector(clean, watermarked, detector, out, key: str, config: Finet
         # training fits the logit's affine map alone (the located weights are the fit).
         for param in (*detector.extractor.parameters(), *detector.templates.parameters(), detector.null_peak):
             param.requires_grad_(False)
+        if config.key_reference and config.null_keys:
+            detector.set_key_reference(detector.key_evidences(data.images["train_clean"] + data.images["holdout_clean"], key).mean(axis=0))
         data.crop = data.eval_crop = min(min(x.shape[-2:]) for x in data.images["train_clean"] + data.images["train_watermarked"] + data.holdout_images())
         location["holdout_metrics_located"] = holdout_metrics(detector, data, bits)
     module = DetectorFineTuner(detector, bits, config)

@@ -21,6 +21,16 @@ def test_p_value_counts_the_null_keys_scoring_at_least_as_high():
         key_test(np.zeros((3, 1)))
 
 
+def test_against_a_reference_each_key_is_ranked_by_how_far_it_rose_above_its_own_reference():
+    evidence = np.array([[2.0, 1.0, 3.0, 2.0, 0.0]])
+    result = key_test(evidence, alpha=0.2, reference=[0.0, 1.0, 3.0, 2.0, 0.0])  # only the key rose
+    assert result["p_value"] == pytest.approx(1 / 5) and result["watermark_detected"] and result["against_reference"]
+    assert result["evidence"] == 2.0 and result["null_mean"] == 0.0
+    assert key_test(evidence, reference=[2.0, 0.0, 0.0, 0.0, 0.0])["p_value"] == 1.0  # the key's 2.0 was the photos' own
+    with pytest.raises(ValueError, match="the reference has 2 numbers for 5 keys"):
+        key_test(evidence, reference=[0.0, 1.0])
+
+
 def located_detector(n_null: int) -> Detector:
     """A detector reading one place per key, as phase 2's located ones do; the null keys' places
     are drawn at random (any places chosen without the suspect images would do)."""
@@ -58,3 +68,11 @@ def test_sets_sharing_one_models_texture_fool_the_binomial_test_but_not_the_key_
     # ranks the key among null keys read on the same images, and stays near 1%.
     assert np.mean(binomial) >= 0.05, np.mean(binomial)
     assert np.mean(keys) <= 0.04, np.mean(keys)
+
+
+def test_a_located_reference_needs_one_number_per_key():
+    d = located_detector(3)
+    d.set_key_reference([0.1, 0.2, 0.3, 0.4])
+    assert np.allclose(d.key_reference, [0.1, 0.2, 0.3, 0.4])
+    with pytest.raises(ValueError, match="one number for the key and one for each of its 3 null keys, got 2"):
+        d.set_key_reference([0.1, 0.2])

@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from genwm.calibration import key_test
 from genwm.checkpoint import save_checkpoint
 from genwm.evaluate import detection_metrics
 from genwm.finetune import FinetuneConfig, finetune_detector, locate
@@ -21,9 +22,9 @@ def detector() -> Detector:
     return Detector(DetectorConfig(template=GeneratorConfig(tile=8, canonical_size=64).to_dict(), width=8, highpass=True, scale_range=(0.8, 1.25))).eval()
 
 
-def images(n: int, seed: int, mark: torch.Tensor | None = None, amplitude: float = 0.0, smeared: bool = False) -> list[torch.Tensor]:
+def images(n: int, seed: int, mark: torch.Tensor | None = None, amplitude: float = 0.0, smeared: bool = False, shift=SHIFT) -> list[torch.Tensor]:
     """64-px photo-like images with a little noise; with `mark`, its tile repeated over the
-    image and moved by SHIFT, at `amplitude` (RMS) — the faint, grid-tied mark a personalized
+    image and moved by `shift`, at `amplitude` (RMS) — the faint, grid-tied mark a personalized
     model draws. `smeared`: each image's mark at a random horizontal shift instead, in SHIFT's
     row (a model that knows the row from the top border but not the column)."""
     rng = np.random.default_rng(seed)
@@ -32,8 +33,8 @@ def images(n: int, seed: int, mark: torch.Tensor | None = None, amplitude: float
         x = torch.from_numpy(smooth_photo(64, 64, seed * 1000 + i)).permute(2, 0, 1).float() / 255
         x = x + torch.from_numpy(rng.normal(0, 0.02, x.shape)).float()
         if mark is not None:
-            shift = (SHIFT[0], int(rng.integers(mark.shape[-1]))) if smeared else SHIFT
-            tiled = mark.repeat(1, 8, 8).roll(shift, dims=(1, 2))
+            moved = (shift[0], int(rng.integers(mark.shape[-1]))) if smeared else shift
+            tiled = mark.repeat(1, 8, 8).roll(moved, dims=(1, 2))
             x = x + amplitude * tiled / tiled.square().mean().sqrt()
         out.append(x.clamp(0, 1))
     return out
@@ -83,19 +84,25 @@ def test_weighing_every_shift_reads_a_mark_smeared_along_a_row_that_its_peak_alo
     assert weighted >= 0.85 and weighted > peak_alone + 0.1, (weighted, peak_alone)
 
 
+def phase2_folders(tmp_path, d: Detector, mark: torch.Tensor, amplitude: float, shift=SHIFT, clean_amplitude: float = 0.0) -> dict:
+    """Generated-image folders of each side, and the phase-1 checkpoint at tmp_path / "base"."""
+    folders = {}
+    for side, seed, a in (("clean", 5, clean_amplitude), ("watermarked", 6, amplitude)):
+        folder = tmp_path / side
+        folder.mkdir()
+        for i, x in enumerate(images(30, seed, mark if a else None, a, shift=shift)):
+            Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+        folders[side] = folder
+    save_checkpoint(tmp_path / "base", detector=d, metadata={"phase": 1})
+    return folders
+
+
 def test_phase2_with_locate_records_the_place_and_the_saved_detector_reads_there(tmp_path):
     d = detector()
     bits = key_bits(KEY, d.config.n_bits)[None]
     with torch.no_grad():
         mark = d.templates(bits)[0]
-    folders = {}
-    for side, seed, amplitude in (("clean", 5, 0.0), ("watermarked", 6, 0.001)):
-        folder = tmp_path / side
-        folder.mkdir()
-        for i, x in enumerate(images(30, seed, mark if amplitude else None, amplitude)):
-            Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
-        folders[side] = folder
-    save_checkpoint(tmp_path / "base", detector=d, metadata={"phase": 1})
+    folders = phase2_folders(tmp_path, d, mark, 0.001)
     config = FinetuneConfig(epochs=3, batch_size=16, learning_rate=1e-3, locate=True, null_keys=39, progress=False, accelerator="cpu")
     meta = finetune_detector(folders["clean"], folders["watermarked"], tmp_path / "base", tmp_path / "tuned", KEY, config)
 
@@ -124,3 +131,56 @@ def test_phase2_with_locate_records_the_place_and_the_saved_detector_reads_there
     assert found["p_value"] == pytest.approx(1 / 40) and found["watermark_detected"]  # no null key reads as high
     assert not tuned.verdict(marked, KEY)["watermark_detected"]  # 39 null keys cannot reach p <= 0.01
     assert not tuned.verdict(images(30, 7), KEY, alpha=0.05)["watermark_detected"]
+
+
+def test_the_drawn_place_reads_every_key_at_shift_0_and_finds_a_mark_drawn_there(tmp_path):
+    d = detector()
+    bits = key_bits(KEY, d.config.n_bits)[None]
+    with torch.no_grad():
+        mark = d.templates(bits)[0]
+    folders = phase2_folders(tmp_path, d, mark, 0.001, shift=(0, 0))
+    config = FinetuneConfig(epochs=2, batch_size=16, learning_rate=1e-3, locate=True, place="drawn", null_keys=39, progress=False, accelerator="cpu")
+    meta = finetune_detector(folders["clean"], folders["watermarked"], tmp_path / "base", tmp_path / "tuned", KEY, config)
+
+    tuned = Detector.from_pretrained(tmp_path / "tuned")
+    located = tuned.config.located
+    one_hot = np.eye(tuned.config.tile**2)[0]
+    # Nothing was chosen: every key, the subject's and the null ones, is read at scale 1, shift 0.
+    assert located["scale"] == 1.0 and located["null_scales"] == [1.0] * 39
+    assert np.array_equal(located["weights"], one_hot) and np.array_equal(tuned.null_weights.numpy(), np.tile(one_hot, (39, 1)))
+    assert meta["location"]["peak"] == [0, 0] and 0 < meta["location"]["t_max_key_rank_p"] <= 1 / 40 + 1e-9
+    marked = images(30, 8, mark, 0.001, shift=(0, 0))
+    assert tuned.verdict(marked, KEY, alpha=0.05)["watermark_detected"]
+    # The mark drawn elsewhere is not read at the drawn place.
+    assert not tuned.verdict(images(30, 9, mark, 0.001), KEY, alpha=0.05)["watermark_detected"]
+
+
+def test_the_key_test_reads_against_the_clean_models_images_so_photos_that_meet_the_key_are_not_a_detection(tmp_path):
+    """A subject's photos can meet the key by chance, and every model trained on them, clean
+    or not, inherits that: here, in the extreme, all of this subject's images hold a little of
+    the key's own template. Ranked among the null keys, every clean set is "found"; read
+    against S (phase 2's clean-trained images, DetectorConfig.located["reference"]) only a
+    mark beyond what the photos already hold is."""
+    d = detector()
+    bits = key_bits(KEY, d.config.n_bits)[None]
+    with torch.no_grad():
+        mark = d.templates(bits)[0]
+    inherited, extra = 0.001, 0.0015
+    folders = phase2_folders(tmp_path, d, mark, inherited + extra, shift=(0, 0), clean_amplitude=inherited)
+    config = FinetuneConfig(epochs=1, batch_size=16, learning_rate=1e-3, locate=True, place="drawn", null_keys=39, progress=False, accelerator="cpu")
+    finetune_detector(folders["clean"], folders["watermarked"], tmp_path / "base", tmp_path / "tuned", KEY, config)
+    tuned = Detector.from_pretrained(tmp_path / "tuned")
+    assert len(tuned.key_reference) == 40
+
+    def fired(amplitude: float, reference) -> int:
+        return sum(key_test(tuned.key_evidences(images(30, seed, mark, amplitude, shift=(0, 0)), KEY), 0.05, reference)["watermark_detected"] for seed in range(10, 20))
+
+    assert fired(inherited, None) >= 9  # the photos' own correlation, taken for a mark
+    assert fired(inherited, tuned.key_reference) <= 2  # 0.5 of 10 expected at 0.05
+    assert fired(inherited + extra, tuned.key_reference) >= 8
+    assert not tuned.verdict(images(30, 7, mark, inherited, shift=(0, 0)), KEY, alpha=0.05)["watermark_detected"]  # verdicts read against S
+
+
+def test_place_must_be_known():
+    with pytest.raises(ValueError, match="place must be one of found, drawn"):
+        FinetuneConfig().replace(place="anywhere")

@@ -66,7 +66,9 @@ class DetectorConfig:
     # out more than that (docs/BENCHMARKS.md, the mini world). None: search (photos, phase 1).
     # "null_scales": where the key test's null keys (genwm.keys.null_key_bits) were located by
     # the same procedure on the same images, one scale each; their weights are the detector's
-    # `null_weights` buffer (see Detector.key_evidence).
+    # `null_weights` buffer (see Detector.key_evidence). "reference": 1 + len(null_scales)
+    # numbers, the mean evidence under the key and each null key of the subject's clean-trained
+    # models' images, which the key test subtracts (genwm.calibration.key_test).
     located: dict | None = None
 
     def __post_init__(self):
@@ -78,6 +80,10 @@ class DetectorConfig:
             located = {"scale": float(self.located["scale"]), "weights": weights}
             if self.located.get("null_scales") is not None:
                 located["null_scales"] = [float(v) for v in self.located["null_scales"]]
+            if self.located.get("reference") is not None:
+                located["reference"] = [float(v) for v in self.located["reference"]]
+                if len(located["reference"]) != 1 + len(located.get("null_scales", [])):
+                    raise ValueError(f"located reference: expected one number for the key and one for each of its {len(located.get('null_scales', []))} null keys, got {len(located['reference'])}")
             self.located = located
         if isinstance(self.template, GeneratorConfig):
             self.template = self.template.to_dict()
@@ -244,6 +250,20 @@ class Detector(nn.Module):
         if null_scales:
             self.register_buffer("null_weights", torch.as_tensor(null_weights, dtype=torch.float32).reshape(len(null_scales), -1).clone())
 
+    def set_key_reference(self, reference) -> None:
+        """The key test's reference (DetectorConfig.located["reference"]): the mean key_evidence
+        of the subject's clean-trained models' images, [1 + null keys]."""
+        located = dict(self.config.located or {}, reference=[float(v) for v in reference])
+        self.config.located = DetectorConfig(template=self.config.template, located=located).located  # validated
+
+    @property
+    def key_reference(self) -> "np.ndarray | None":
+        """What the key test subtracts from a set's mean evidence, or None (see set_key_reference)."""
+        import numpy as np
+
+        reference = (self.config.located or {}).get("reference")
+        return None if reference is None else np.array(reference)
+
     def read_located(self, residual: torch.Tensor, spectrum: torch.Tensor, scales: list[float], weights: torch.Tensor) -> torch.Tensor:
         """Evidence [N, K]: template k's z-scores over shifts (shift_z) at scales[k], weighed
         by weights[k] (normalised), for spectra [1, K, ...]."""
@@ -257,12 +277,9 @@ class Detector(nn.Module):
             out[:, keys] = (z * (w / w.norm(dim=-1, keepdim=True))).sum(-1)
         return out
 
-    def key_evidence(self, images: torch.Tensor, bits: torch.Tensor, n_null: int | None = None) -> torch.Tensor:
-        """Evidence [N, 1 + n_null] under bits [n_bits] and under the key test's null keys
-        (genwm.keys.null_key_bits), each read as this detector reads for that key: searched, or,
-        located, where the same procedure located it (n_null is then the number it stores).
-        For a clean image no key is special, so the key's evidence ranks among the null keys'
-        at random: the key test's null (genwm.calibration.key_test)."""
+    def key_templates(self, bits: torch.Tensor, n_null: int | None = None) -> torch.Tensor:
+        """[1, 1 + n_null, 3, T, T]: the template of bits [n_bits] and those of the key test's
+        null keys (genwm.keys.null_key_bits); a located detector reads the n_null it stores."""
         from genwm.keys import null_key_bits
 
         located = self.config.located
@@ -272,8 +289,17 @@ class Detector(nn.Module):
             n_null = len(located["null_scales"])
         if not n_null:
             raise ValueError("the key test needs at least one null key")
-        all_bits = torch.cat([bits.reshape(1, -1).cpu(), null_key_bits(n_null, self.config.n_bits)]).to(images.device)
-        templates = self.templates(all_bits)[None]
+        all_bits = torch.cat([bits.reshape(1, -1).cpu(), null_key_bits(n_null, self.config.n_bits)]).to(next(self.parameters()).device)
+        return self.templates(all_bits)[None]
+
+    def key_evidence(self, images: torch.Tensor, bits: torch.Tensor, n_null: int | None = None, templates: torch.Tensor | None = None) -> torch.Tensor:
+        """Evidence [N, 1 + n_null] under bits [n_bits] and under the key test's null keys, each
+        read as this detector reads for that key: searched, or, located, where the same
+        procedure located it. For a clean image no key is special, so the key's evidence ranks
+        among the null keys' at random: the key test's null (genwm.calibration.key_test).
+        templates: key_templates(bits, n_null), when already made."""
+        templates = self.key_templates(bits, n_null) if templates is None else templates
+        located = self.config.located
         if located is None:
             return self.evidence(images, templates)
         weights = torch.cat([torch.tensor(located["weights"])[None], self.null_weights.cpu()])
@@ -456,14 +482,26 @@ class Detector(nn.Module):
         return np.array([self.logit(self._canonical(img), bits).item() for img in images])
 
     @torch.no_grad()
+    def key_reader(self, key: str, n_null: int | None = None):
+        """A function: one PIL image or [3, H, W] tensor -> its key_evidence [1 + null keys]
+        (numpy), the keys' templates made once for all the images it reads."""
+        from genwm.keys import key_bits
+
+        bits = key_bits(key, self.config.n_bits)
+        templates = self.key_templates(bits, n_null)
+
+        @torch.no_grad()
+        def read(img):
+            return self.key_evidence(self._canonical(img), bits, templates=templates)[0].cpu().numpy()
+
+        return read
+
     def key_evidences(self, images, key: str, n_null: int | None = None) -> "np.ndarray":
         """key_evidence, [images, 1 + null keys], for PIL images or [3, H, W] tensors."""
         import numpy as np
 
-        from genwm.keys import key_bits
-
-        bits = key_bits(key, self.config.n_bits)
-        return np.stack([self.key_evidence(self._canonical(img), bits, n_null)[0].cpu().numpy() for img in images])
+        read = self.key_reader(key, n_null)
+        return np.stack([read(img) for img in images])
 
     def score(self, images, key) -> "np.ndarray":
         """Probability, per image, that it carries the key's watermark."""
@@ -478,7 +516,7 @@ class Detector(nn.Module):
 
         images = list(images)
         if wants_key_test(self, null_keys):
-            return key_test(self.key_evidences(images, key, null_keys), alpha)
+            return key_test(self.key_evidences(images, key, null_keys), alpha, reference=self.key_reference)
         if not getattr(self, "calibration", None):
             raise ValueError("this detector has no calibration.json; run `genwm calibrate` first, or pass null_keys")
         return set_verdict(self.logits(images, key), self.calibration, alpha=alpha)
