@@ -20,6 +20,11 @@ set's mean evidence under the subject's key, ranked among 99 null keys) with thr
 - "located": phase 2's detector of that subject, read where it located the mark (and each null
   key where it was located for that key). The fine-tuning models' own folders are fitted, not
   tested: they are listed apart ("fitted") and left out of this reading's rates, and row0's.
+With --reference, each reading is also tested against the subject's phase-2 clean-trained
+images ("<reading>+ref"): each key's mean evidence on the fitted clean model's images is
+subtracted before ranking (genwm.calibration.key_test's reference), so a clean model of the
+subject is not found for its photos' own chance correlation with the key; the fitted folders
+are the reference there, not tested.
 Under no watermark a test's p-value is uniform over the clean models, so the rates below are
 what a user would see: detected watermarked models (TPR) and clean ones (FPR) at alpha.
 Writes results.json (every folder's p-values) and pvalues.png (p per model, clean vs marked).
@@ -85,7 +90,7 @@ FITTED_ON_SEED0 = ("located", "row0")  # readings chosen with the fine-tuning (s
 
 
 def tested(rows: list[dict], reading: str) -> list[dict]:
-    return [r for r in rows if not (reading in FITTED_ON_SEED0 and r["fitted"])]
+    return [r for r in rows if not ((reading in FITTED_ON_SEED0 or reading.endswith("+ref")) and r["fitted"])]
 
 
 def rates(rows: list[dict], reading: str, alpha: float) -> dict:
@@ -134,6 +139,7 @@ def main():
     ap.add_argument("--alpha", type=float, default=0.01)
     ap.add_argument("--out", type=Path, default=Path("docs/results/key_test"))
     ap.add_argument("--readings", nargs="+", choices=READINGS, default=list(READINGS), help="which readings (default: all)")
+    ap.add_argument("--reference", action="store_true", help="also test each reading against the fitted clean model's images")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     tile = Detector.from_pretrained(args.checkpoint).config.tile
@@ -149,17 +155,22 @@ def main():
         if "located" in args.readings:
             readers["located"] = Detector.from_pretrained(work / "detector").eval()
         fitted = fitted_folders(work)
-        for folder, side in model_folders(work):
-            p = {name: key_test(folder_key_evidence(d, folder, args.key, args.null_keys), args.alpha)["p_value"] for name, d in readers.items()}
+        folders = model_folders(work)
+        evidence = {name: [folder_key_evidence(d, folder, args.key, args.null_keys) for folder, _ in folders] for name, d in readers.items()}
+        reference = {name: np.concatenate([e for e, (folder, side) in zip(es, folders) if side == "clean" and folder.name in fitted]).mean(axis=0) for name, es in evidence.items()}
+        for i, (folder, side) in enumerate(folders):
+            p = {name: key_test(es[i], args.alpha)["p_value"] for name, es in evidence.items()}
+            if args.reference:
+                p.update({f"{name}+ref": key_test(es[i], args.alpha, reference[name])["p_value"] for name, es in evidence.items()})
             rows.append({"work": str(work), "model": folder.name, "side": side, "fitted": folder.name in fitted, "p": p})
             print(json.dumps(rows[-1]), flush=True)
-    readings = [name for name in READINGS if name in readers]
+    readings = [name + suffix for suffix in ("", "+ref") for name in READINGS if name in readers and (suffix == "" or args.reference)]
     summary = {reading: rates(rows, reading, args.alpha) for reading in readings}
     for reading, r in summary.items():
         print(f"{reading:15s} at {args.alpha:g}: TPR {r['tpr']:.2f} of {r['n_watermarked_models']} watermarked models, FPR {r['fpr']:.2f} of {r['n_clean_models']} clean; "
               f"at 0.05: {r['tpr_at_0.05']:.2f}, {r['fpr_at_0.05']:.2f}; median p {r['median_p_watermarked']:.3f} / {r['median_p_clean']:.3f}")
     record = {
-        "command": "python scripts/bench_key_test.py " + " ".join(str(w) for w in args.works) + f" --checkpoint {args.checkpoint} --null-keys {args.null_keys} --alpha {args.alpha} --readings {' '.join(args.readings)} --out {args.out}",
+        "command": "python scripts/bench_key_test.py " + " ".join(str(w) for w in args.works) + f" --checkpoint {args.checkpoint} --null-keys {args.null_keys} --alpha {args.alpha} --readings {' '.join(args.readings)}{' --reference' if args.reference else ''} --out {args.out}",
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "alpha": args.alpha,

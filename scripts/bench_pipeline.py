@@ -9,6 +9,7 @@ For each subject, in one work folder per variant:
 - "genwm-partial": the same with 1/4 of the subject's photos watermarked;
 - "genwm-rows": the same with the row-constant mark (configs/demo-rows.yaml);
 - "genwm-profile": the same with a row-constant mark one image high (configs/demo-profile.yaml);
+- "genwm-rows-partial", "genwm-profile-partial": those marks on 1/4 of the subject's photos;
 - "dwtDct", "rivaGan": invisible-watermark's marks (a 32-bit message from the key) through the
   same personalization and synthesis; scored by the fraction of the message their decoder
   recovers from each generated image (they have no phase 2). The package refuses images under
@@ -33,6 +34,13 @@ from genwm.demo import DEFAULT_CONFIG, load_demo_config, protect_config_for, run
 BASELINES = ("dwtDct", "rivaGan")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VARIANT_CONFIGS = {"genwm-rows": CONFIGS / "demo-rows.yaml", "genwm-profile": CONFIGS / "demo-profile.yaml"}
+PARTIAL = 0.25
+
+
+def variant_setting(variant: str, default_config) -> tuple:
+    """(demo config, fraction of the photos watermarked or None) of a genwm variant."""
+    mark = variant.removesuffix("-partial")
+    return VARIANT_CONFIGS.get(mark, default_config), (PARTIAL if variant.endswith("-partial") else None)
 
 
 class BaselineWatermarker:
@@ -152,8 +160,8 @@ def main():
             if variant != "genwm":
                 link_clean(base / "genwm" / "work", work / "work" if variant.startswith("genwm") else work)
             if variant.startswith("genwm"):
-                config = VARIANT_CONFIGS.get(variant, args.config)
-                report = run_demo(work, config, subject_index=subject, fraction=0.25 if variant == "genwm-partial" else None, key=key, progress=not args.quiet)
+                config, fraction = variant_setting(variant, args.config)
+                report = run_demo(work, config, subject_index=subject, fraction=fraction, key=key, progress=not args.quiet)
                 row = flat(report)
             else:
                 row = baseline_run(variant, subject, demo, args.config, work, key, not args.quiet)
