@@ -380,7 +380,7 @@ def scan_paths(inputs, detector, key, alpha: float = 0.01, progress: bool = Fals
     binomial = set_verdict(np.array([r["logit"] for r in rows]), calibration, alpha=alpha) if calibration else None
     if not by_keys:
         return rows, binomial and {"test": "binomial", **binomial}, errors
-    return rows, {"test": "key", **key_test(np.stack(evidence), alpha, reference=detector.key_reference), "binomial": binomial}, errors
+    return rows, {"test": "key", **key_test(np.stack(evidence), alpha, covariates=detector.key_covariates), "binomial": binomial}, errors
 
 
 def _sigmoid(x: float) -> float:

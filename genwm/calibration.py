@@ -108,38 +108,58 @@ def rank_p_value(statistic: float, null) -> float:
     return float((1 + np.sum(null >= statistic)) / (1 + len(null)))
 
 
-def key_test(evidence, alpha: float = 0.01, reference=None) -> dict:
+def key_test(evidence, alpha: float = 0.01, covariates: dict | None = None) -> dict:
     """The key test of a set of images from their evidence [N, 1 + n] under the subject's key
     (column 0) and n null keys (Detector.key_evidence): the set's mean evidence under the key,
     ranked among the null keys' means. Detected when p <= alpha (with n null keys the
     smallest p is 1 / (n + 1), so alpha below that can never be met).
 
-    reference [1 + n]: each key's mean evidence on images of the subject's clean-trained
-    models (Detector.key_reference), subtracted from the set's means before ranking. The rank
-    is uniform over the draw of the key, but for one key and one subject's photos it is not:
-    images inherit their photos' chance correlation with each key, so a clean model of that
-    subject can rank the key high every time (docs/BENCHMARKS.md). Against the reference, a
-    clean model of the subject differs from it by its own texture alone, whatever that
-    correlation; the price is the reference's own noise."""
+    covariates: name -> [1 + n], each key's mean evidence on images that share, by chance, what
+    the suspect images share with each key without any mark (Detector.key_covariates: the
+    subject's own photos, the base model's images). The rank is uniform over the draw of the
+    key, but for one key it is not: every model fine-tuned from one base model inherits that
+    model's chance correlation with the key, and its photos' (docs/BENCHMARKS.md). Each key's
+    mean is then compared with what the covariates predict of it, by least squares (with an
+    intercept) over all the other keys: the same procedure for every key keeps the ranks
+    exchangeable, and leaving the key out of its own fit keeps a key that the covariates read
+    high from absorbing its own mark.
+    """
     evidence = np.asarray(evidence, dtype=float)
-    if evidence.ndim != 2 or evidence.shape[1] < 2 or not len(evidence):
-        raise ValueError(f"key test: need evidence [images, 1 + null keys] with at least one image and one null key, got shape {evidence.shape}")
-    means = evidence.mean(axis=0)
-    if reference is not None:
-        reference = np.asarray(reference, dtype=float)
-        if reference.shape != means.shape:
-            raise ValueError(f"key test: the reference has {reference.size} numbers for {means.size} keys")
-        means = means - reference
-    n_null = len(means) - 1
-    p = rank_p_value(means[0], means[1:])
+    statistic = key_statistics(evidence, covariates)
+    n_null = len(statistic) - 1
+    p = rank_p_value(statistic[0], statistic[1:])
     return {
         "n_images": len(evidence),
         "n_null_keys": n_null,
-        "evidence": float(means[0]),
-        "null_mean": float(means[1:].mean()),
-        "null_std": float(means[1:].std()),
-        "against_reference": reference is not None,
+        "evidence": float(statistic[0]),
+        "null_mean": float(statistic[1:].mean()),
+        "null_std": float(statistic[1:].std()),
+        "conditioned_on": sorted(covariates or {}),
         "p_value": p,
         "alpha": alpha,
         "watermark_detected": p <= alpha,
     }
+
+
+def key_statistics(evidence, covariates: dict | None = None) -> np.ndarray:
+    """What the key test ranks, [1 + n], from evidence [N, 1 + n]: each key's mean evidence, or,
+    with covariates, its rise above what they predict of it (see key_test). The same procedure
+    for every key: any key could be ranked among the rest from it."""
+    evidence = np.asarray(evidence, dtype=float)
+    if evidence.ndim != 2 or evidence.shape[1] < 2 or not len(evidence):
+        raise ValueError(f"key test: need evidence [images, 1 + null keys] with at least one image and one null key, got shape {evidence.shape}")
+    statistic = evidence.mean(axis=0)
+    names = sorted(covariates or {})
+    if names:
+        columns = [np.asarray(covariates[name], dtype=float) for name in names]
+        for name, c in zip(names, columns):
+            if c.shape != statistic.shape:
+                raise ValueError(f"key test: covariate {name!r} has {c.size} numbers for {statistic.size} keys")
+        design = np.column_stack([np.ones_like(statistic), *columns])
+        if len(statistic) <= design.shape[1] + 1:
+            raise ValueError(f"key test: {len(statistic)} keys cannot be regressed on {len(names)} covariates; use more null keys")
+        q, _ = np.linalg.qr(design)
+        residual = statistic - q @ (q.T @ statistic)
+        leverage = np.square(q).sum(axis=1)
+        statistic = residual / np.clip(1 - leverage, 1e-12, None)  # each key predicted from the others' fit (PRESS)
+    return statistic

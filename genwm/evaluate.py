@@ -183,15 +183,15 @@ def key_tests(detector, key: str, folders: dict, set_size: int, alpha: float = 0
 
     from genwm.calibration import key_test, rank_p_value
 
-    reference = detector.key_reference
+    covariates = detector.key_covariates
     detected = {side: [] for side in folders}
     models, by_side = [], {side: [] for side in folders}
     for side, dirs in folders.items():
         for d in dirs:
             evidence = folder_key_evidence(detector, d, key, n_null)
             by_side[side].append(evidence)
-            detected[side] += [key_test(evidence[i : i + set_size], alpha, reference)["watermark_detected"] for i in range(0, len(evidence) - set_size + 1, set_size)]
-            whole = key_test(evidence, alpha, reference)
+            detected[side] += [key_test(evidence[i : i + set_size], alpha, covariates)["watermark_detected"] for i in range(0, len(evidence) - set_size + 1, set_size)]
+            whole = key_test(evidence, alpha, covariates)
             n_keys = whole["n_null_keys"]
             models.append({"dir": str(d), "side": side, **{k: whole[k] for k in ("n_images", "evidence", "null_mean", "null_std", "p_value", "watermark_detected")}})
     rate = {side: (float(np.mean(v)) if v else None) for side, v in detected.items()}
@@ -212,7 +212,7 @@ def key_tests(detector, key: str, folders: dict, set_size: int, alpha: float = 0
         "set_size": set_size,
         "alpha": alpha,
         "n_null_keys": n_keys,
-        "against_reference": reference is not None,
+        "conditioned_on": sorted(covariates or {}),
         "tpr": rate.get("watermarked"),
         "fpr": rate.get("clean"),
         "n_watermarked_sets": len(detected.get("watermarked", [])),
@@ -343,7 +343,7 @@ def run_evaluation(work, key: str, config: EvaluateConfig | None = None) -> dict
         c = known["clean"]
         d = [images(m, "clean", s + test_off, seen, "seen") for m in pc.methods for s in pc.seeds]
         control_detector = out / "control_detector"
-        finetune_detector(a, b, record["detector_source"], control_detector, key, P.finetune_config(pc), extra_metadata={"control": True})
+        finetune_detector(a, b, record["detector_source"], control_detector, key, P.finetune_config(pc), extra_metadata={"control": True}, covariate_dirs=P.key_test_covariates(work, a))
         settings["control"] = evaluate_sets(control_detector, key, c, d, "control", set_size=config.set_size)
         m = settings["control"]["metrics"]
         control = {"roc_auc": m["roc_auc"], "auc_z": m["auc_z"], "passed": abs(m["auc_z"]) < CONTROL_Z, "band": [0.5 - CONTROL_Z * m["auc_null_se"], 0.5 + CONTROL_Z * m["auc_null_se"]]}

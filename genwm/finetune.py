@@ -54,10 +54,6 @@ class FinetuneConfig:
     # placement, as the mini world's does. Choosing nothing keeps the key test's power.
     place: str = "found"
     null_keys: int = 99  # with locate: null keys located too, for the key test (smallest p: 1 / (n + 1))
-    # With locate: the key test reads a suspect set against S, each key's mean evidence on the
-    # clean-trained models' images (genwm.calibration.key_test), so that a clean model of this
-    # subject is not found for the photos' own chance correlation with the key.
-    key_reference: bool = True
     seed: int = 0
     alpha_image: float = 0.01
     calibration_attacks: list = field(default_factory=lambda: list(ATTACKS))
@@ -321,10 +317,20 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
     }
 
 
-def finetune_detector(clean, watermarked, detector, out, key: str, config: FinetuneConfig | None = None, extra_metadata: dict | None = None) -> dict:
+def folder_key_means(detector: Detector, folder, key: str) -> list[float]:
+    """The mean key_evidence [1 + null keys] of a folder's images."""
+    from genwm.evaluate import folder_key_evidence
+
+    return folder_key_evidence(detector, folder, key, None).mean(axis=0).tolist()
+
+
+def finetune_detector(clean, watermarked, detector, out, key: str, config: FinetuneConfig | None = None, extra_metadata: dict | None = None, covariate_dirs: dict | None = None) -> dict:
     """Fine-tune `detector` (a checkpoint path or a Detector) on S = images in `clean` (a folder
     or a list of folders) and S_w = images in `watermarked`, for `key`; write a detector
-    checkpoint and its calibration to `out`. -> the checkpoint's metadata."""
+    checkpoint and its calibration to `out`. -> the checkpoint's metadata.
+    covariate_dirs (with locate): name -> a folder of images whose mean evidence under each key
+    the key test regresses out (genwm.calibration.key_test): the subject's clean photos, the
+    base model's own images."""
     from genwm.synthesize import provenance
 
     config = config or FinetuneConfig()
@@ -353,8 +359,8 @@ def finetune_detector(clean, watermarked, detector, out, key: str, config: Finet
         # training fits the logit's affine map alone (the located weights are the fit).
         for param in (*detector.extractor.parameters(), *detector.templates.parameters(), detector.null_peak):
             param.requires_grad_(False)
-        if config.key_reference and config.null_keys:
-            detector.set_key_reference(detector.key_evidences(data.images["train_clean"] + data.images["holdout_clean"], key).mean(axis=0))
+        if covariate_dirs and config.null_keys:
+            detector.set_key_covariates({name: folder_key_means(detector, folder, key) for name, folder in covariate_dirs.items()})
         data.crop = data.eval_crop = min(min(x.shape[-2:]) for x in data.images["train_clean"] + data.images["train_watermarked"] + data.holdout_images())
         location["holdout_metrics_located"] = holdout_metrics(detector, data, bits)
     module = DetectorFineTuner(detector, bits, config)
@@ -402,6 +408,7 @@ def finetune_detector(clean, watermarked, detector, out, key: str, config: Finet
         "epochs_run": trainer.current_epoch,
         "holdout_metrics_before": before,
         "location": location,
+        "key_test_covariates": {name: str(Path(folder).resolve()) for name, folder in (covariate_dirs or {}).items()} if location else None,
         "holdout_metrics_after": after,
         **(extra_metadata or {}),
     }

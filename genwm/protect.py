@@ -250,6 +250,7 @@ def protect(subject, key: str, model, checkpoint, work, config: ProtectConfig | 
                 dirs[side].append(generated_images(work, model, config, method, side, seed, prompts, "seen"))
 
     detector_source = detector or checkpoint
+    covariates = key_test_covariates(work, dirs["clean"])
     request = {
         "key_fingerprint": key_fingerprint(key),
         "detector": str(Path(detector_source).resolve()),
@@ -258,6 +259,7 @@ def protect(subject, key: str, model, checkpoint, work, config: ProtectConfig | 
         "watermarked": [str(d.resolve()) for d in dirs["watermarked"]],
         "synthesis": [json.loads((d / "synthesis.json").read_text())["request"] for d in dirs["clean"] + dirs["watermarked"]],
         "finetune": {k: v for k, v in config.finetune.to_dict().items() if k != "progress"},
+        "key_test_covariates": {name: str(d.resolve()) for name, d in covariates.items()},
     }
     out = work / "detector"
     previous = _detector_metadata(out)
@@ -270,6 +272,7 @@ def protect(subject, key: str, model, checkpoint, work, config: ProtectConfig | 
             key,
             finetune_config(config),
             extra_metadata={"protect_request": request, "subject_watermark": {k: marks[k] for k in ("fraction", "n_watermarked", "n_images", "strength")}},
+            covariate_dirs=covariates,
         )
     metadata = _detector_metadata(out)
 
@@ -291,6 +294,20 @@ def protect(subject, key: str, model, checkpoint, work, config: ProtectConfig | 
     }
     atomic.write_json(work / PROTECT_RECORD, record)
     return record
+
+
+def key_test_covariates(work, clean_dirs) -> dict[str, Path]:
+    """What the key test regresses out (genwm.calibration.key_test): the subject's clean photos,
+    and the base model's own images where DreamBooth's prior preservation made some (its class
+    images): every model fine-tuned on those photos from that base model inherits their chance
+    correlation with each key, mark or no mark."""
+    covariates = {"photos": Path(work) / "subject" / "clean"}
+    for d in clean_dirs:
+        class_images = (json.loads((Path(d) / "synthesis.json").read_text()).get("personalization") or {}).get("class_images") or {}
+        if class_images.get("n") and Path(class_images.get("dir") or "").is_dir():
+            covariates["base model"] = Path(class_images["dir"])
+            break
+    return covariates
 
 
 def finetune_config(config: ProtectConfig) -> FinetuneConfig:

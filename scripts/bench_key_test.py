@@ -20,11 +20,10 @@ set's mean evidence under the subject's key, ranked among 99 null keys) with thr
 - "located": phase 2's detector of that subject, read where it located the mark (and each null
   key where it was located for that key). The fine-tuning models' own folders are fitted, not
   tested: they are listed apart ("fitted") and left out of this reading's rates, and row0's.
-With --reference, each reading is also tested against the subject's phase-2 clean-trained
-images ("<reading>+ref"): each key's mean evidence on the fitted clean model's images is
-subtracted before ranking (genwm.calibration.key_test's reference), so a clean model of the
-subject is not found for its photos' own chance correlation with the key; the fitted folders
-are the reference there, not tested.
+With --condition, each reading is also tested conditioned on what the subject's clean photos
+and the base model's own images (DreamBooth's class images) read under each key
+("<reading>+cond"): genwm.calibration.key_test's covariates, as phase 2 stores them
+(genwm.protect.key_test_covariates).
 Under no watermark a test's p-value is uniform over the clean models, so the rates below are
 what a user would see: detected watermarked models (TPR) and clean ones (FPR) at alpha.
 Writes results.json (every folder's p-values) and pvalues.png (p per model, clean vs marked).
@@ -40,9 +39,10 @@ import numpy as np
 import torch
 
 from genwm import atomic
-from genwm.calibration import key_test
+from genwm.calibration import key_statistics, rank_p_value
 from genwm.evaluate import folder_key_evidence
 from genwm.models import Detector
+from genwm.protect import key_test_covariates
 
 
 class OffAxisDetector(Detector):
@@ -90,7 +90,7 @@ FITTED_ON_SEED0 = ("located", "row0")  # readings chosen with the fine-tuning (s
 
 
 def tested(rows: list[dict], reading: str) -> list[dict]:
-    return [r for r in rows if not ((reading in FITTED_ON_SEED0 or reading.endswith("+ref")) and r["fitted"])]
+    return [r for r in rows if not (reading.removesuffix("+cond") in FITTED_ON_SEED0 and r["fitted"])]
 
 
 def rates(rows: list[dict], reading: str, alpha: float) -> dict:
@@ -101,6 +101,21 @@ def rates(rows: list[dict], reading: str, alpha: float) -> dict:
         out[f"{name}_at_0.05"] = float(np.mean([p <= 0.05 for p in ps])) if ps else None
         out[f"n_{side}_models"] = len(ps)
         out[f"median_p_{side}"] = float(np.median(ps)) if ps else None
+    return out
+
+
+def every_key_fpr(rows: list[dict], reading: str, alphas) -> dict:
+    """Each of the 1 + n keys in turn taken for the subject's, ranked among the others on each
+    tested clean model: the share of those models it would flag, per key. Its mean is alpha by
+    construction; its spread over keys is what one subject owner, with one key, can meet (the
+    clean models of one subject, or of one base model, flag a key together)."""
+    stats = np.stack([r["statistics"][reading] for r in tested(rows, reading) if r["side"] == "clean"])  # [models, keys]
+    n_keys = stats.shape[1]
+    p = (stats[:, None, :] >= stats[:, :, None]).sum(-1) / n_keys  # p[m, j]: key j ranked among all keys on model m
+    out = {}
+    for alpha in alphas:
+        fpr = (p <= alpha).mean(axis=0)
+        out[str(alpha)] = {"mean": float(fpr.mean()), "median": float(np.median(fpr)), "q90": float(np.quantile(fpr, 0.9)), "q99": float(np.quantile(fpr, 0.99)), "max": float(fpr.max()), "n_clean_models": len(stats)}
     return out
 
 
@@ -139,7 +154,7 @@ def main():
     ap.add_argument("--alpha", type=float, default=0.01)
     ap.add_argument("--out", type=Path, default=Path("docs/results/key_test"))
     ap.add_argument("--readings", nargs="+", choices=READINGS, default=list(READINGS), help="which readings (default: all)")
-    ap.add_argument("--reference", action="store_true", help="also test each reading against the fitted clean model's images")
+    ap.add_argument("--condition", action="store_true", help="also test each reading conditioned on the subject's photos and the base model's images")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     tile = Detector.from_pretrained(args.checkpoint).config.tile
@@ -157,20 +172,28 @@ def main():
         fitted = fitted_folders(work)
         folders = model_folders(work)
         evidence = {name: [folder_key_evidence(d, folder, args.key, args.null_keys) for folder, _ in folders] for name, d in readers.items()}
-        reference = {name: np.concatenate([e for e, (folder, side) in zip(es, folders) if side == "clean" and folder.name in fitted]).mean(axis=0) for name, es in evidence.items()}
+        if args.condition:
+            sources = key_test_covariates(work, [folder for folder, side in folders if side == "clean" and folder.name in fitted])
+            covariates = {name: {c: folder_key_evidence(d, src, args.key, args.null_keys).mean(axis=0) for c, src in sources.items()} for name, d in readers.items()}
         for i, (folder, side) in enumerate(folders):
-            p = {name: key_test(es[i], args.alpha)["p_value"] for name, es in evidence.items()}
-            if args.reference:
-                p.update({f"{name}+ref": key_test(es[i], args.alpha, reference[name])["p_value"] for name, es in evidence.items()})
+            statistics = {name: key_statistics(es[i]) for name, es in evidence.items()}
+            if args.condition:
+                statistics.update({f"{name}+cond": key_statistics(es[i], covariates[name]) for name, es in evidence.items()})
+            p = {name: rank_p_value(v[0], v[1:]) for name, v in statistics.items()}
             rows.append({"work": str(work), "model": folder.name, "side": side, "fitted": folder.name in fitted, "p": p})
             print(json.dumps(rows[-1]), flush=True)
-    readings = [name + suffix for suffix in ("", "+ref") for name in READINGS if name in readers and (suffix == "" or args.reference)]
-    summary = {reading: rates(rows, reading, args.alpha) for reading in readings}
+            rows[-1]["statistics"] = statistics  # for every_key_fpr; not written
+    readings = [name + suffix for suffix in ("", "+cond") for name in READINGS if name in readers and (suffix == "" or args.condition)]
+    summary = {reading: {**rates(rows, reading, args.alpha), "every_key": every_key_fpr(rows, reading, (args.alpha, 0.05))} for reading in readings}
     for reading, r in summary.items():
         print(f"{reading:15s} at {args.alpha:g}: TPR {r['tpr']:.2f} of {r['n_watermarked_models']} watermarked models, FPR {r['fpr']:.2f} of {r['n_clean_models']} clean; "
               f"at 0.05: {r['tpr_at_0.05']:.2f}, {r['fpr_at_0.05']:.2f}; median p {r['median_p_watermarked']:.3f} / {r['median_p_clean']:.3f}")
+        for alpha, e in r["every_key"].items():
+            print(f"{'':15s} any key as the subject's, FPR at {alpha}: mean {e['mean']:.3f}, median {e['median']:.3f}, 90th percentile {e['q90']:.3f}, 99th {e['q99']:.3f}, max {e['max']:.3f}")
+    for row in rows:
+        row.pop("statistics")
     record = {
-        "command": "python scripts/bench_key_test.py " + " ".join(str(w) for w in args.works) + f" --checkpoint {args.checkpoint} --null-keys {args.null_keys} --alpha {args.alpha} --readings {' '.join(args.readings)}{' --reference' if args.reference else ''} --out {args.out}",
+        "command": "python scripts/bench_key_test.py " + " ".join(str(w) for w in args.works) + f" --checkpoint {args.checkpoint} --null-keys {args.null_keys} --alpha {args.alpha} --readings {' '.join(args.readings)}{' --condition' if args.condition else ''} --out {args.out}",
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "alpha": args.alpha,

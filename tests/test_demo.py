@@ -35,6 +35,15 @@ def test_every_stage_writes_outputs_that_load(quick_demo):
     weights = np.array(detector.config.located["weights"])
     assert detector.config.located["scale"] == report["location"]["scale"]
     assert list(divmod(int(weights.argmax()), detector.config.tile)) == report["location"]["peak"]
+    # the key test regresses out what the subject's photos and the base model's own images
+    # (DreamBooth's class images) read under each key, as recomputed from them
+    from genwm.evaluate import folder_key_evidence
+
+    sources = detector.checkpoint_config["metadata"]["key_test_covariates"]
+    assert set(detector.key_covariates) == set(sources) == {"photos", "base model"}
+    assert Path(sources["photos"]) == (work / "subject" / "clean").resolve() and Path(sources["base model"]).name.startswith("class_images-")
+    for name, folder in sources.items():
+        assert np.allclose(detector.key_covariates[name], folder_key_evidence(detector, folder, "genwm-demo-key", None).mean(axis=0), atol=1e-5)
     assert Detector.from_pretrained(work / "evaluation" / "control_detector").calibration is not None
     assert isinstance(load_personalized(work / "models" / "dreambooth-watermarked-seed0")[0], StableDiffusionPipeline)
     pipe, manifest = load_personalized(work / "models" / "lora-clean-seed0")
@@ -67,7 +76,7 @@ def test_report_numbers_are_in_range_and_come_from_the_images(quick_demo):
     keys = report["results"]["known"]["key_test"]
     assert keys["n_null_keys"] == len(detector.config.located["null_scales"]) and {m["dir"] for m in keys["models"]} == set(dirs["clean"] + dirs["watermarked"])
     for m in keys["models"]:
-        assert key_test(folder_key_evidence(detector, m["dir"], key, None), reference=detector.key_reference)["p_value"] == pytest.approx(m["p_value"])
+        assert key_test(folder_key_evidence(detector, m["dir"], key, None), covariates=detector.key_covariates)["p_value"] == pytest.approx(m["p_value"])
         assert 1 / (1 + keys["n_null_keys"]) <= m["p_value"] <= 1
     assert "models" in report["results"]["phase1_only_known"]["key_test"]  # phase 1's searching reading has one too
     by_key = keys["per_image_auc_by_key"]

@@ -21,14 +21,31 @@ def test_p_value_counts_the_null_keys_scoring_at_least_as_high():
         key_test(np.zeros((3, 1)))
 
 
-def test_against_a_reference_each_key_is_ranked_by_how_far_it_rose_above_its_own_reference():
-    evidence = np.array([[2.0, 1.0, 3.0, 2.0, 0.0]])
-    result = key_test(evidence, alpha=0.2, reference=[0.0, 1.0, 3.0, 2.0, 0.0])  # only the key rose
-    assert result["p_value"] == pytest.approx(1 / 5) and result["watermark_detected"] and result["against_reference"]
-    assert result["evidence"] == 2.0 and result["null_mean"] == 0.0
-    assert key_test(evidence, reference=[2.0, 0.0, 0.0, 0.0, 0.0])["p_value"] == 1.0  # the key's 2.0 was the photos' own
-    with pytest.raises(ValueError, match="the reference has 2 numbers for 5 keys"):
-        key_test(evidence, reference=[0.0, 1.0])
+def test_with_covariates_each_key_is_ranked_by_how_far_it_rose_above_what_they_predict_of_it():
+    rng = np.random.default_rng(0)
+    photos = rng.normal(size=200)
+    means = 0.8 * photos + rng.normal(0, 0.1, 200)  # every key reads the suspects as it reads the photos
+    means[0] = 0.8 * photos[0] + 0.5  # and the key a little more
+    evidence = np.stack([means, means])
+    assert key_test(evidence)["p_value"] > 0.05  # the photos' spread hides it
+    found = key_test(evidence, covariates={"photos": photos})
+    assert found["p_value"] == pytest.approx(1 / 200) and found["conditioned_on"] == ["photos"]
+    assert found["evidence"] == pytest.approx(0.5, abs=0.05)  # the key's rise above its prediction
+    with pytest.raises(ValueError, match="covariate 'photos' has 2 numbers for 200 keys"):
+        key_test(evidence, covariates={"photos": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="3 keys cannot be regressed on 1 covariates"):
+        key_test(evidence[:, :3], covariates={"photos": photos[:3]})
+
+
+def test_a_key_the_covariates_read_high_keeps_its_own_mark():
+    """Each key is predicted from the other keys' fit: a key far out along a covariate cannot
+    pull the fit through itself and absorb its mark."""
+    rng = np.random.default_rng(1)
+    photos = rng.normal(size=100)
+    photos[0] = 40.0  # in an ordinary fit its leverage, 0.96, would take as much of its rise (p 0.31)
+    means = 0.5 * photos + rng.normal(0, 0.1, 100)
+    means[0] += 1.0
+    assert key_test(np.stack([means]), covariates={"photos": photos})["p_value"] == pytest.approx(1 / 100)
 
 
 def located_detector(n_null: int) -> Detector:
@@ -70,9 +87,9 @@ def test_sets_sharing_one_models_texture_fool_the_binomial_test_but_not_the_key_
     assert np.mean(keys) <= 0.04, np.mean(keys)
 
 
-def test_a_located_reference_needs_one_number_per_key():
+def test_a_located_covariate_needs_one_number_per_key():
     d = located_detector(3)
-    d.set_key_reference([0.1, 0.2, 0.3, 0.4])
-    assert np.allclose(d.key_reference, [0.1, 0.2, 0.3, 0.4])
-    with pytest.raises(ValueError, match="one number for the key and one for each of its 3 null keys, got 2"):
-        d.set_key_reference([0.1, 0.2])
+    d.set_key_covariates({"photos": [0.1, 0.2, 0.3, 0.4]})
+    assert d.key_covariates == {"photos": [0.1, 0.2, 0.3, 0.4]}
+    with pytest.raises(ValueError, match="covariate 'photos': expected one number for the key and one for each of its 3 null keys, got 2"):
+        d.set_key_covariates({"photos": [0.1, 0.2]})

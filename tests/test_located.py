@@ -155,30 +155,50 @@ def test_the_drawn_place_reads_every_key_at_shift_0_and_finds_a_mark_drawn_there
     assert not tuned.verdict(images(30, 9, mark, 0.001), KEY, alpha=0.05)["watermark_detected"]
 
 
-def test_the_key_test_reads_against_the_clean_models_images_so_photos_that_meet_the_key_are_not_a_detection(tmp_path):
-    """A subject's photos can meet the key by chance, and every model trained on them, clean
-    or not, inherits that: here, in the extreme, all of this subject's images hold a little of
-    the key's own template. Ranked among the null keys, every clean set is "found"; read
-    against S (phase 2's clean-trained images, DetectorConfig.located["reference"]) only a
-    mark beyond what the photos already hold is."""
+def reproductions(photos: list[torch.Tensor], n: int, seed: int, mark: torch.Tensor, amplitude: float = 0.0) -> list[torch.Tensor]:
+    """n images of a model that redraws its training photos (with fresh noise), and, with
+    amplitude, the mark at shift 0 over them."""
+    rng = np.random.default_rng(seed)
+    tiled = mark.repeat(1, 8, 8)
+    tiled = tiled / tiled.square().mean().sqrt()
+    return [(photos[i % len(photos)] + torch.from_numpy(rng.normal(0, 0.02, photos[0].shape)).float() + amplitude * tiled).clamp(0, 1) for i in range(n)]
+
+
+def save_folder(folder, xs: list[torch.Tensor]):
+    folder.mkdir()
+    for i, x in enumerate(xs):
+        Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_the_key_test_regresses_out_what_the_photos_share_with_every_key(tmp_path):
+    """Models redraw their photos, and so every key reads their images about as it reads the
+    photos; these photos happen to meet the key (here, in the extreme, they hold a little of
+    its template). Ranked among the null keys, every clean model's set is "found"; compared
+    with what the photos predict of each key (DetectorConfig.located["covariates"]), only a
+    mark beyond the photos' own is."""
     d = detector()
     bits = key_bits(KEY, d.config.n_bits)[None]
     with torch.no_grad():
         mark = d.templates(bits)[0]
-    inherited, extra = 0.001, 0.0015
-    folders = phase2_folders(tmp_path, d, mark, inherited + extra, shift=(0, 0), clean_amplitude=inherited)
+    photos = images(8, 11, mark, 0.0004, shift=(0, 0))
+    extra = 0.0005
+    folders = {"clean": save_folder(tmp_path / "clean", reproductions(photos, 30, 5, mark)), "watermarked": save_folder(tmp_path / "watermarked", reproductions(photos, 30, 6, mark, extra))}
+    save_checkpoint(tmp_path / "base", detector=d, metadata={"phase": 1})
     config = FinetuneConfig(epochs=1, batch_size=16, learning_rate=1e-3, locate=True, place="drawn", null_keys=39, progress=False, accelerator="cpu")
-    finetune_detector(folders["clean"], folders["watermarked"], tmp_path / "base", tmp_path / "tuned", KEY, config)
+    meta = finetune_detector(folders["clean"], folders["watermarked"], tmp_path / "base", tmp_path / "tuned", KEY, config, covariate_dirs={"photos": save_folder(tmp_path / "photos", photos)})
     tuned = Detector.from_pretrained(tmp_path / "tuned")
-    assert len(tuned.key_reference) == 40
+    assert list(tuned.key_covariates) == ["photos"] and len(tuned.key_covariates["photos"]) == 40
+    assert meta["key_test_covariates"] == {"photos": str((tmp_path / "photos").resolve())}
 
-    def fired(amplitude: float, reference) -> int:
-        return sum(key_test(tuned.key_evidences(images(30, seed, mark, amplitude, shift=(0, 0)), KEY), 0.05, reference)["watermark_detected"] for seed in range(10, 20))
+    def fired(amplitude: float, covariates) -> int:
+        return sum(key_test(tuned.key_evidences(reproductions(photos, 30, seed, mark, amplitude), KEY), 0.05, covariates)["watermark_detected"] for seed in range(10, 20))
 
-    assert fired(inherited, None) >= 9  # the photos' own correlation, taken for a mark
-    assert fired(inherited, tuned.key_reference) <= 2  # 0.5 of 10 expected at 0.05
-    assert fired(inherited + extra, tuned.key_reference) >= 8
-    assert not tuned.verdict(images(30, 7, mark, inherited, shift=(0, 0)), KEY, alpha=0.05)["watermark_detected"]  # verdicts read against S
+    assert fired(0.0, None) >= 9  # the photos' own correlation, taken for a mark
+    assert fired(0.0, tuned.key_covariates) <= 2  # 0.5 of 10 expected at 0.05
+    assert fired(extra, tuned.key_covariates) >= 8
+    verdict = tuned.verdict(reproductions(photos, 30, 7, mark), KEY, alpha=0.05)  # verdicts condition on the photos
+    assert verdict["conditioned_on"] == ["photos"] and not verdict["watermark_detected"]
 
 
 def test_place_must_be_known():

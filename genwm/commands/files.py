@@ -279,7 +279,7 @@ def print_verdict(v: dict, fingerprint: str, out) -> None:
         print(
             f"\n{v['n_images']} images: mean evidence {v['evidence']:.3f} under the key, {v['null_mean']:.3f} "
             f"(sd {v['null_std']:.3f}) under {v['n_null_keys']} null keys"
-            + (", each less its mean on the subject's clean-trained models' images" if v.get("against_reference") else ""),
+            + (f", each less what {' and '.join(v['conditioned_on'])} explain of it" if v.get("conditioned_on") else ""),
             file=out,
         )
         print(f"key test p-value {v['p_value']:.3g}, alpha {v['alpha']:g}", file=out)

@@ -153,7 +153,13 @@ def run_finetune(args) -> int:
     from genwm.finetune import FinetuneConfig, finetune_detector
 
     config = FinetuneConfig().replace(**finetune_overrides(args), progress=not args.quiet)
-    meta = finetune_detector(args.clean, args.watermarked, args.detector, args.out, read_key(args), config)
+    covariates = {}
+    for item in args.covariate:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--covariate {item!r}: expected NAME=DIR")
+        covariates[name] = Path(folder)
+    meta = finetune_detector(args.clean, args.watermarked, args.detector, args.out, read_key(args), config, covariate_dirs=covariates)
     b, a = meta["holdout_metrics_before"], meta["holdout_metrics_after"]
     print(f"held-out accuracy {b['accuracy']:.3f} -> {a['accuracy']:.3f}, ROC AUC {b['roc_auc']:.3f} -> {a['roc_auc']:.3f}; detector and calibration in {args.out}")
     return 0
@@ -246,6 +252,9 @@ def register(subparsers) -> None:
     p.add_argument("--watermarked", nargs="+", required=True, help="folders of S_w")
     p.add_argument("--detector", required=True, help="detector checkpoint to start from")
     p.add_argument("--out", required=True, help="output checkpoint folder")
+    p.add_argument("--covariate", action="append", default=[], metavar="NAME=DIR",
+                   help="with --locate: a folder of images whose mean reading under each key the key test regresses out, e.g. photos=DIR "
+                   "(the subject's clean photos) or base=DIR (the base model's own images); repeatable")
     p.add_argument("--quiet", action="store_true")
     add_key_options(p)
     add_finetune_options(p)

@@ -66,9 +66,10 @@ class DetectorConfig:
     # out more than that (docs/BENCHMARKS.md, the mini world). None: search (photos, phase 1).
     # "null_scales": where the key test's null keys (genwm.keys.null_key_bits) were located by
     # the same procedure on the same images, one scale each; their weights are the detector's
-    # `null_weights` buffer (see Detector.key_evidence). "reference": 1 + len(null_scales)
-    # numbers, the mean evidence under the key and each null key of the subject's clean-trained
-    # models' images, which the key test subtracts (genwm.calibration.key_test).
+    # `null_weights` buffer (see Detector.key_evidence). "covariates": name -> 1 + len(null_scales)
+    # numbers, the mean evidence under the key and each null key of images that share what the
+    # suspect images share with the keys without a mark (the subject's photos, the base model's
+    # images), which the key test regresses out (genwm.calibration.key_test).
     located: dict | None = None
 
     def __post_init__(self):
@@ -80,10 +81,12 @@ class DetectorConfig:
             located = {"scale": float(self.located["scale"]), "weights": weights}
             if self.located.get("null_scales") is not None:
                 located["null_scales"] = [float(v) for v in self.located["null_scales"]]
-            if self.located.get("reference") is not None:
-                located["reference"] = [float(v) for v in self.located["reference"]]
-                if len(located["reference"]) != 1 + len(located.get("null_scales", [])):
-                    raise ValueError(f"located reference: expected one number for the key and one for each of its {len(located.get('null_scales', []))} null keys, got {len(located['reference'])}")
+            if self.located.get("covariates"):
+                n_keys = 1 + len(located.get("null_scales", []))
+                located["covariates"] = {str(name): [float(v) for v in values] for name, values in self.located["covariates"].items()}
+                for name, values in located["covariates"].items():
+                    if len(values) != n_keys:
+                        raise ValueError(f"located covariate {name!r}: expected one number for the key and one for each of its {n_keys - 1} null keys, got {len(values)}")
             self.located = located
         if isinstance(self.template, GeneratorConfig):
             self.template = self.template.to_dict()
@@ -250,19 +253,16 @@ class Detector(nn.Module):
         if null_scales:
             self.register_buffer("null_weights", torch.as_tensor(null_weights, dtype=torch.float32).reshape(len(null_scales), -1).clone())
 
-    def set_key_reference(self, reference) -> None:
-        """The key test's reference (DetectorConfig.located["reference"]): the mean key_evidence
-        of the subject's clean-trained models' images, [1 + null keys]."""
-        located = dict(self.config.located or {}, reference=[float(v) for v in reference])
+    def set_key_covariates(self, covariates: dict) -> None:
+        """The key test's covariates (DetectorConfig.located["covariates"]): name -> the mean
+        key_evidence [1 + null keys] of a folder of images."""
+        located = dict(self.config.located or {}, covariates={name: [float(v) for v in values] for name, values in covariates.items()})
         self.config.located = DetectorConfig(template=self.config.template, located=located).located  # validated
 
     @property
-    def key_reference(self) -> "np.ndarray | None":
-        """What the key test subtracts from a set's mean evidence, or None (see set_key_reference)."""
-        import numpy as np
-
-        reference = (self.config.located or {}).get("reference")
-        return None if reference is None else np.array(reference)
+    def key_covariates(self) -> dict | None:
+        """What the key test regresses out of a set's mean evidence, or None (set_key_covariates)."""
+        return (self.config.located or {}).get("covariates") or None
 
     def read_located(self, residual: torch.Tensor, spectrum: torch.Tensor, scales: list[float], weights: torch.Tensor) -> torch.Tensor:
         """Evidence [N, K]: template k's z-scores over shifts (shift_z) at scales[k], weighed
@@ -516,7 +516,7 @@ class Detector(nn.Module):
 
         images = list(images)
         if wants_key_test(self, null_keys):
-            return key_test(self.key_evidences(images, key, null_keys), alpha, reference=self.key_reference)
+            return key_test(self.key_evidences(images, key, null_keys), alpha, covariates=self.key_covariates)
         if not getattr(self, "calibration", None):
             raise ValueError("this detector has no calibration.json; run `genwm calibrate` first, or pass null_keys")
         return set_verdict(self.logits(images, key), self.calibration, alpha=alpha)
