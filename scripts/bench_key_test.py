@@ -175,12 +175,16 @@ def main():
         if args.condition:
             sources = key_test_covariates(work, [folder for folder, side in folders if side == "clean" and folder.name in fitted])
             covariates = {name: {c: folder_key_evidence(d, src, args.key, args.null_keys).mean(axis=0) for c, src in sources.items()} for name, d in readers.items()}
+            # How the photos and the base model's images themselves rank the key (no model involved)
+            print(json.dumps({"work": str(work), "covariates_rank_p": {name: {c: rank_p_value(v[0], v[1:]) for c, v in cov.items()} for name, cov in covariates.items()}}), flush=True)
         for i, (folder, side) in enumerate(folders):
             statistics = {name: key_statistics(es[i]) for name, es in evidence.items()}
             if args.condition:
                 statistics.update({f"{name}+cond": key_statistics(es[i], covariates[name]) for name, es in evidence.items()})
             p = {name: rank_p_value(v[0], v[1:]) for name, v in statistics.items()}
             rows.append({"work": str(work), "model": folder.name, "side": side, "fitted": folder.name in fitted, "p": p})
+            if args.condition:  # how far the model's images read every key as the photos or the base model's images do
+                rows[-1]["correlation_over_keys"] = {name: {c: float(np.corrcoef(evidence[name][i].mean(axis=0), v)[0, 1]) for c, v in cov.items()} for name, cov in covariates.items()}
             print(json.dumps(rows[-1]), flush=True)
             rows[-1]["statistics"] = statistics  # for every_key_fpr; not written
     readings = [name + suffix for suffix in ("", "+cond") for name in READINGS if name in readers and (suffix == "" or args.condition)]
