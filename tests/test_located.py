@@ -1,4 +1,6 @@
 """Phase 2's located reading: find where personalized models draw the mark, read there alone."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -199,6 +201,14 @@ def test_the_key_test_regresses_out_what_the_photos_share_with_every_key(tmp_pat
     assert fired(extra, tuned.key_covariates) >= 8
     verdict = tuned.verdict(reproductions(photos, 30, 7, mark), KEY, alpha=0.05)  # verdicts condition on the photos
     assert verdict["conditioned_on"] == ["photos"] and not verdict["watermark_detected"]
+
+    # `genwm scan` with this detector tests a folder the same way and says so
+    from genwm.cli import main
+
+    suspects = save_folder(tmp_path / "suspects", reproductions(photos, 30, 21, mark, extra))
+    code = main(["scan", str(suspects), "--key", KEY, "--detector", str(tmp_path / "tuned"), "--alpha", "0.05", "--json", str(tmp_path / "scan.json")])
+    scanned = json.loads((tmp_path / "scan.json").read_text())["verdict"]
+    assert code == 1 and scanned["test"] == "key" and scanned["conditioned_on"] == ["photos"] and scanned["watermark_detected"]
 
 
 def test_place_must_be_known():
