@@ -89,3 +89,22 @@ def test_no_watermark_control_is_not_a_detection(quick_demo):
     control = report["results"]["control"]
     assert control["passed"] and control["band"][0] <= control["roc_auc"] <= control["band"][1]
     assert not any(m["watermark_detected"] for m in control["key_test"]["models"])  # four clean models
+
+
+def test_the_demo_command_prints_each_models_key_test(quick_demo, monkeypatch, capsys):
+    import argparse
+
+    import genwm.demo
+    from genwm.commands.demo import run_demo
+
+    out, report = quick_demo
+    monkeypatch.setattr(genwm.demo, "run_demo", lambda *a, **k: report)
+    assert run_demo(argparse.Namespace(config=None, quick=True, out=str(out), subject=None, fraction=None, key=None, quiet=True)) == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    for name in ("known", "control"):
+        models = report["results"][name]["key_test"]["models"]
+        line = lines[next(i for i, l in enumerate(lines) if l.strip().startswith(name + " ")) + 1]  # the line under the setting's own
+        assert "each model's images as one set" in line and line.count("(") == len(models)
+        assert all(f"{m['p_value']:.3g}" in line for m in models)
+    assert "(clean, other seeds)" in printed  # the control's second side is clean too
