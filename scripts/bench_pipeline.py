@@ -9,6 +9,7 @@ For each subject, in one work folder per variant:
 - "genwm-partial": the same with 1/4 of the subject's photos watermarked;
 - "genwm-rows": the same with the row-constant mark (configs/demo-rows.yaml);
 - "genwm-profile": the same with a row-constant mark one image high (configs/demo-profile.yaml);
+- "genwm-profile-strong": the profile at 1.1 times its strength (configs/demo-profile-strong.yaml);
 - "genwm-rows-partial", "genwm-profile-partial": those marks on 1/4 of the subject's photos;
 - "dwtDct", "rivaGan": invisible-watermark's marks (a 32-bit message from the key) through the
   same personalization and synthesis; scored by the fraction of the message their decoder
@@ -33,7 +34,7 @@ from genwm.demo import DEFAULT_CONFIG, load_demo_config, protect_config_for, run
 
 BASELINES = ("dwtDct", "rivaGan")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-VARIANT_CONFIGS = {"genwm-rows": CONFIGS / "demo-rows.yaml", "genwm-profile": CONFIGS / "demo-profile.yaml"}
+VARIANT_CONFIGS = {"genwm-rows": CONFIGS / "demo-rows.yaml", "genwm-profile": CONFIGS / "demo-profile.yaml", "genwm-profile-strong": CONFIGS / "demo-profile-strong.yaml"}
 PARTIAL = 0.25
 
 
