@@ -292,18 +292,28 @@ class Detector(nn.Module):
         all_bits = torch.cat([bits.reshape(1, -1).cpu(), null_key_bits(n_null, self.config.n_bits)]).to(next(self.parameters()).device)
         return self.templates(all_bits)[None]
 
-    def key_evidence(self, images: torch.Tensor, bits: torch.Tensor, n_null: int | None = None, templates: torch.Tensor | None = None) -> torch.Tensor:
+    def key_evidence(self, images: torch.Tensor, bits: torch.Tensor, n_null: int | None = None) -> torch.Tensor:
         """Evidence [N, 1 + n_null] under bits [n_bits] and under the key test's null keys, each
         read as this detector reads for that key: searched, or, located, where the same
         procedure located it. For a clean image no key is special, so the key's evidence ranks
-        among the null keys' at random: the key test's null (genwm.calibration.key_test).
-        templates: key_templates(bits, n_null), when already made."""
-        templates = self.key_templates(bits, n_null) if templates is None else templates
+        among the null keys' at random: the key test's null (genwm.calibration.key_test)."""
+        return self.read_keys(images, self.prepare_keys(self.key_templates(bits, n_null)))
+
+    def prepare_keys(self, templates: torch.Tensor):
+        """What read_keys needs of the keys' templates [1, K, 3, T, T], made once for any number
+        of images: the templates (searching), or their spectra, scales and weights (located)."""
         located = self.config.located
         if located is None:
-            return self.evidence(images, templates)
+            return templates
         weights = torch.cat([torch.tensor(located["weights"])[None], self.null_weights.cpu()])
-        return self.read_located(self.residual(images), self.template_spectrum(templates), [located["scale"], *located["null_scales"]], weights)
+        return self.template_spectrum(templates), [located["scale"], *located["null_scales"]], weights
+
+    def read_keys(self, images: torch.Tensor, keys) -> torch.Tensor:
+        """Evidence [N, K] of images under keys prepared by prepare_keys."""
+        if self.config.located is None:
+            return self.evidence(images, keys)
+        spectrum, scales, weights = keys
+        return self.read_located(self.residual(images), spectrum, scales, weights)
 
     @staticmethod
     def template_spectrum(templates: torch.Tensor) -> torch.Tensor:
@@ -484,15 +494,15 @@ class Detector(nn.Module):
     @torch.no_grad()
     def key_reader(self, key: str, n_null: int | None = None):
         """A function: one PIL image or [3, H, W] tensor -> its key_evidence [1 + null keys]
-        (numpy), the keys' templates made once for all the images it reads."""
+        (numpy), the keys' templates (and, located, their spectra) made once for all the images
+        it reads."""
         from genwm.keys import key_bits
 
-        bits = key_bits(key, self.config.n_bits)
-        templates = self.key_templates(bits, n_null)
+        keys = self.prepare_keys(self.key_templates(key_bits(key, self.config.n_bits), n_null))
 
         @torch.no_grad()
         def read(img):
-            return self.key_evidence(self._canonical(img), bits, templates=templates)[0].cpu().numpy()
+            return self.read_keys(self._canonical(img), keys)[0].cpu().numpy()
 
         return read
 
