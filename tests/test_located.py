@@ -86,15 +86,16 @@ def test_weighing_every_shift_reads_a_mark_smeared_along_a_row_that_its_peak_alo
     assert weighted >= 0.85 and weighted > peak_alone + 0.1, (weighted, peak_alone)
 
 
-def phase2_folders(tmp_path, d: Detector, mark: torch.Tensor, amplitude: float, shift=SHIFT, clean_amplitude: float = 0.0) -> dict:
+def save_folder(folder, xs: list[torch.Tensor]):
+    folder.mkdir()
+    for i, x in enumerate(xs):
+        Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def phase2_folders(tmp_path, d: Detector, mark: torch.Tensor, amplitude: float, shift=SHIFT) -> dict:
     """Generated-image folders of each side, and the phase-1 checkpoint at tmp_path / "base"."""
-    folders = {}
-    for side, seed, a in (("clean", 5, clean_amplitude), ("watermarked", 6, amplitude)):
-        folder = tmp_path / side
-        folder.mkdir()
-        for i, x in enumerate(images(30, seed, mark if a else None, a, shift=shift)):
-            Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
-        folders[side] = folder
+    folders = {side: save_folder(tmp_path / side, images(30, seed, mark if a else None, a, shift=shift)) for side, seed, a in (("clean", 5, 0.0), ("watermarked", 6, amplitude))}
     save_checkpoint(tmp_path / "base", detector=d, metadata={"phase": 1})
     return folders
 
@@ -164,13 +165,6 @@ def reproductions(photos: list[torch.Tensor], n: int, seed: int, mark: torch.Ten
     tiled = mark.repeat(1, 8, 8)
     tiled = tiled / tiled.square().mean().sqrt()
     return [(photos[i % len(photos)] + torch.from_numpy(rng.normal(0, 0.02, photos[0].shape)).float() + amplitude * tiled).clamp(0, 1) for i in range(n)]
-
-
-def save_folder(folder, xs: list[torch.Tensor]):
-    folder.mkdir()
-    for i, x in enumerate(xs):
-        Image.fromarray((x.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
-    return folder
 
 
 def test_the_key_test_regresses_out_what_the_photos_share_with_every_key(tmp_path):
