@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from genwm.calibration import key_test, make_calibration, set_verdict
+from genwm.calibration import key_test, make_calibration, rank_p_value, set_verdict
 from genwm.models import Detector, DetectorConfig, GeneratorConfig
 
 from conftest import smooth_photo
@@ -42,10 +42,16 @@ def test_a_key_the_covariates_read_high_keeps_its_own_mark():
     pull the fit through itself and absorb its mark."""
     rng = np.random.default_rng(1)
     photos = rng.normal(size=100)
-    photos[0] = 40.0  # in an ordinary fit its leverage, 0.96, would take as much of its rise (p 0.31)
+    photos[0] = 40.0
     means = 0.5 * photos + rng.normal(0, 0.1, 100)
     means[0] += 1.0
     assert key_test(np.stack([means]), covariates={"photos": photos})["p_value"] == pytest.approx(1 / 100)
+    # An ordinary fit through every key, this one included, gives it a leverage of 0.96 and
+    # takes as much of its rise: ranked so, the key would be lost.
+    design = np.column_stack([np.ones(100), photos])
+    assert np.square(np.linalg.qr(design)[0]).sum(axis=1)[0] == pytest.approx(0.96, abs=0.01)
+    ordinary = means - design @ np.linalg.lstsq(design, means, rcond=None)[0]
+    assert rank_p_value(ordinary[0], ordinary[1:]) == pytest.approx(0.31)
 
 
 def located_detector(n_null: int) -> Detector:
