@@ -7,7 +7,7 @@ from genwm import images as imageops
 from genwm.checkpoint import load_checkpoint
 from genwm.keys import key_bits
 from genwm.models import WatermarkGenerator
-from genwm.models.generator import pattern_scale
+from genwm.models.generator import centre_crop_offset, pattern_scale
 
 
 class Watermarker:
@@ -35,10 +35,13 @@ class Watermarker:
         return self._tiles[key]
 
     def pattern(self, height: int, width: int, key: str | None = None) -> np.ndarray:
-        """The additive mark for a height x width photo, H x W x 3 float32."""
-        scale = pattern_scale(height, width, self.generator.config.canonical_size)
+        """The additive mark for a height x width photo, H x W x 3 float32, its origin at the
+        corner of the photo's central square (generator.centre_crop_offset)."""
+        c = self.generator.config
+        scale = pattern_scale(height, width, c.canonical_size)
+        offset = centre_crop_offset(height, width, c.canonical_size, c.tile)
         with torch.no_grad():
-            p = WatermarkGenerator.render(self.tile(key), height, width, scale)
+            p = WatermarkGenerator.render(self.tile(key), height, width, scale, offset)
         return p[0].permute(1, 2, 0).numpy() * self.strength
 
     def watermark_array(self, rgb: np.ndarray, key: str | None = None) -> np.ndarray:

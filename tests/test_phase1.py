@@ -12,7 +12,7 @@ from PIL import Image
 from genwm.checkpoint import load_checkpoint, save_checkpoint
 from genwm.keys import key_bits, key_fingerprint
 from genwm.models import Detector, GeneratorConfig, WatermarkGenerator
-from genwm.models.generator import cycles_per_tile, lowpass_gain
+from genwm.models.generator import centre_crop_offset, cycles_per_tile, lowpass_gain
 from genwm.watermarker import Watermarker
 
 
@@ -31,6 +31,37 @@ def test_same_key_same_mark_other_key_other_mark(tiny_checkpoint):
     assert np.array_equal(pa, pb)
     other = a.pattern(80, 100, "bob")
     assert np.abs(pa - other).mean() > 0.1 * np.abs(pa).mean()
+
+
+@pytest.mark.parametrize("height, width", [(64, 100), (100, 64), (300, 470), (470, 300)])
+def test_a_centre_crop_of_the_photo_carries_the_mark_at_shift_0(tiny_checkpoint, height, width):
+    """The mark's origin is the corner of the photo's central square, so the crop that a
+    mimic's pipeline takes (short side resized to the canonical size, then a centre crop:
+    genwm.personalize's own transform) holds it at shift 0, as a place read where genwm drew it
+    expects, whatever the photo's shape and size."""
+    from genwm.personalize.common import image_transform
+
+    wm = Watermarker.from_pretrained(tiny_checkpoint, key="k", strength=15.0)
+    c = wm.generator.config
+    grey = np.full((height, width, 3), 0.5, dtype=np.float32)
+    marked = Image.fromarray(np.round(wm.watermark_array(grey) * 255).astype(np.uint8))
+    crop = image_transform(c.canonical_size, center_crop=True, random_flip=False)(marked)[0]  # [-1, 1], one channel (grey mark)
+    tile = wm.tile()[:1]
+    corr = torch.zeros(c.tile, c.tile)
+    for dy in range(c.tile):
+        for dx in range(c.tile):
+            shifted = WatermarkGenerator.render(tile, c.canonical_size, c.canonical_size, 1.0, (dy, dx))[0, 0]
+            corr[dy, dx] = torch.corrcoef(torch.stack([crop.flatten(), shifted.flatten()]))[0, 1]
+    dy, dx = divmod(int(corr.argmax()), c.tile)
+    if max(height, width) <= 100:  # drawn at the canonical scale: no resampling
+        assert (dy, dx) == (0, 0) and corr[0, 0] > 0.9
+    else:
+        # Drawn larger and resized back, the mark's grid is stretched by the rounding of the
+        # sizes (rendered a whole number of canonical pixels long, ceil(470 / 4.6875) = 101,
+        # which the mimic's resize makes 100): within a pixel of shift 0. Drawn from the photo's
+        # corner, it would sit 18 canonical pixels (2 in the tile) off.
+        assert max(abs((dy + 1) % c.tile - 1), abs((dx + 1) % c.tile - 1)) <= 1 and corr.max() > 0.5
+    assert centre_crop_offset(height, height, c.canonical_size, c.tile) == (0, 0)  # square photos: as before
 
 
 def test_mark_energy_is_fixed_by_max_rms():

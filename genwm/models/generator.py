@@ -59,6 +59,24 @@ def pattern_scale(height: int, width: int, canonical_size: int) -> float:
     return max(1.0, min(height, width) / canonical_size)
 
 
+def centre_crop_offset(height: int, width: int, canonical_size: int, tile: int) -> tuple[int, int]:
+    """The render offset that puts the mark's origin at the corner of the photo's central
+    square, at the canonical scale: where a centre crop starts once the short side is resized
+    to the canonical size (torchvision's Resize(size) and CenterCrop(size), as DreamBooth and
+    LoRA scripts do with --center_crop). A mimic's centre-cropped training images then carry
+    the mark at shift 0 whatever the photo's shape, and a random crop of a landscape photo
+    slides only along the rows, which a row-constant mark does not see; a place read where
+    genwm drew it (genwm.finetune, place "drawn") stays right. A square photo's is (0, 0)."""
+    scale = pattern_scale(height, width, canonical_size)
+    short = min(height, width)
+    # torchvision: the long side becomes int(size * long / short), the crop starts at
+    # int(round((long - size) / 2))
+    side = short if scale == 1.0 else canonical_size
+    start = int(round((int(side * max(height, width) / short) - side) / 2.0))
+    top, left = (start, 0) if height > width else (0, start)
+    return (-top) % tile, (-left) % tile
+
+
 def cycles_per_tile(tile: int, onesided: bool = False) -> torch.Tensor:
     """Each frequency of a tile's 2-D FFT in cycles per tile, the larger of |kx| and |ky|:
     [T, T], or [T, T/2+1] (an rfft's) when onesided."""
