@@ -360,9 +360,12 @@ def scan_paths(inputs, detector, key, alpha: float = 0.01, progress: bool = Fals
     for path, _ in _progress(find_images(inputs), progress):
         try:
             image = load_image(path).image
-            logit = float(detector.logits([image], key)[0])
             if by_keys:
                 evidence.append(read_keys(image))
+            if by_keys and detector.config.located is not None:
+                logit = detector.logit_of_key_evidence(evidence[-1])
+            else:
+                logit = float(detector.logits([image], key)[0])
         except Exception as e:
             errors.append({"path": str(path), "error": failure_reason(path, e)})
             report_error(errors[-1]["error"])

@@ -203,6 +203,10 @@ def test_the_key_test_regresses_out_what_the_photos_share_with_every_key(tmp_pat
     code = main(["scan", str(suspects), "--key", KEY, "--detector", str(tmp_path / "tuned"), "--alpha", "0.05", "--json", str(tmp_path / "scan.json")])
     scanned = json.loads((tmp_path / "scan.json").read_text())["verdict"]
     assert code == 1 and scanned["test"] == "key" and scanned["conditioned_on"] == ["photos"] and scanned["watermark_detected"]
+    # its per-image logits come from the key test's reading, and are what D itself gives
+    rows = json.loads((tmp_path / "scan.json").read_text())["images"]
+    direct = tuned.logits([Image.open(r["path"]) for r in rows], KEY)
+    assert np.allclose([r["logit"] for r in rows], direct, atol=1e-4)
 
 
 def test_place_must_be_known():

@@ -506,6 +506,13 @@ class Detector(nn.Module):
 
         return read
 
+    def logit_of_key_evidence(self, evidence) -> float:
+        """A located detector's logit from one image's key_evidence row: column 0 is what it
+        reads for the key, so scanning under every key needs no second reading."""
+        if self.config.located is None:
+            raise ValueError("only a located detector reads the key as the key test does")
+        return float(self.scale.item() * float(evidence[0]) - self.bias.item())
+
     def key_evidences(self, images, key: str, n_null: int | None = None) -> "np.ndarray":
         """key_evidence, [images, 1 + null keys], for PIL images or [3, H, W] tensors."""
         import numpy as np
