@@ -4,13 +4,22 @@
 
 The detector searches every shift and scale, and pays for it: the best of many looks at a
 clean image is already a few standard deviations. A model that learned the mark should draw
-it where the subject's photos had it (genwm draws it from the top-left corner, at the
-canonical scale), so this looks there alone: the phase-1 detector's residual, every block's
+it where the subject's photos had it (genwm draws it from the corner of the photo's central
+square, the mini world's square photos' top-left corner, at the canonical scale), so this
+looks there alone: the phase-1 detector's residual, every block's
 correlation with the key's template summed, read at shift 0 as a z-score. For the subject's
 photos (marked vs clean) and for each pair of generated-image folders in a demo work folder
 (the model trained on marked photos vs the one trained on clean photos, same seeds and
 prompts), it prints that z-score's AUC and means, the searching detector's AUC, and the
 fraction of the photos' z-score shift that reaches the generated images.
+
+With --by-frequency, the same read frequency by frequency (rings of equal cycles per tile of
+the key's template; for a row-constant mark, each vertical frequency): each ring's share of
+the template's energy, the fraction of the photos' shift at that ring that reaches the
+generated images, and its per-image signal-to-noise ratio (shift over the images' pooled sd).
+Beside the shift-0 reading's own d' it prints sqrt(sum of the rings' squared SNRs), the d' of
+the best weighing of the rings for these very images (an in-sample upper bound for any
+reweighing of frequencies, such as a whitening fitted in phase 2).
 """
 import argparse
 from pathlib import Path
@@ -23,6 +32,8 @@ from genwm.evaluate import detection_metrics
 from genwm.finetune import load_image
 from genwm.keys import key_bits
 from genwm.models import Detector
+from genwm.models.detector import fold_blocks, unit
+from genwm.models.generator import cycles_per_tile
 
 
 def load(folder: Path) -> torch.Tensor:
@@ -37,6 +48,49 @@ def phase0_and_logit(detector: Detector, images: torch.Tensor, bits: torch.Tenso
     return z.numpy(), detector.logit(images, bits).numpy()
 
 
+@torch.no_grad()
+def ring_readings(detector: Detector, images: torch.Tensor, bits: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What each ring of frequencies adds to the summed correlation at shift 0, per image:
+    (readings [N, R], rings' cycles per tile [R], template energy share [R])."""
+    t = detector.config.tile
+    blocks = fold_blocks(detector.residual(images), t, detector.config.block_periods * t)
+    folded = torch.fft.rfft2(unit(blocks, (2, 3, 4))).sum(dim=(1, 2))  # [N, T, T/2+1]
+    template = torch.fft.rfft2(unit(detector.templates(bits)[None], (2, 3, 4)))[0, 0].sum(0)  # [T, T/2+1]
+    # an rfft holds the columns 1..T/2-1 once for two conjugate frequencies
+    multiplicity = torch.full((t // 2 + 1,), 2.0)
+    multiplicity[0] = multiplicity[-1] = 1.0
+    terms = (folded * template.conj()).real * multiplicity  # sums to T*T times the correlation at shift 0
+    ring = cycles_per_tile(t, onesided=True).round().long()
+    energy = template.abs().square() * multiplicity
+    rings = [int(r) for r in ring.unique() if energy[ring == r].sum() > 1e-6 * energy.sum()]
+    readings = torch.stack([terms[:, ring == r].sum(-1) for r in rings], dim=-1)
+    share = torch.stack([energy[ring == r].sum() for r in rings]) / energy.sum()
+    return readings.numpy(), np.array(rings), share.numpy()
+
+
+def d_prime(marked: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    pooled = np.sqrt((marked.var(0, ddof=1) + clean.var(0, ddof=1)) / 2)
+    return (marked.mean(0) - clean.mean(0)) / np.maximum(pooled, 1e-12)
+
+
+def by_frequency(detector: Detector, work: Path, bits: torch.Tensor) -> None:
+    photos = {side: ring_readings(detector, load(work / "subject" / side), bits)[0] for side in ("watermarked", "clean")}
+    _, rings, share = ring_readings(detector, load(work / "subject" / "clean")[:1], bits)
+    photo_shift = photos["watermarked"].mean(0) - photos["clean"].mean(0)
+    pairs = []
+    for marked_dir in sorted((work / "images").glob("*-watermarked-*")):
+        clean_dir = marked_dir.with_name(marked_dir.name.replace("-watermarked-", "-clean-"))
+        if clean_dir.is_dir():
+            pairs.append((marked_dir.name.replace("-watermarked", ""), ring_readings(detector, load(marked_dir), bits)[0], ring_readings(detector, load(clean_dir), bits)[0]))
+    print("| cycles per tile | template energy | " + " | ".join(f"{name}: kept, SNR" for name, _, _ in pairs) + " |")
+    print("|---|---|" + "---|" * len(pairs))
+    for j, r in enumerate(rings):
+        cells = [f"{(m[:, j].mean() - c[:, j].mean()) / photo_shift[j]:.2f}, {d_prime(m, c)[j]:.2f}" for _, m, c in pairs]
+        print(f"| {r} | {share[j]:.3f} | " + " | ".join(cells) + " |")
+    print("| d' of the shift-0 reading / of the best weighing of the rings (in-sample) | | " + " | ".join(
+        f"{d_prime(m.sum(1, keepdims=True), c.sum(1, keepdims=True))[0]:.2f} / {np.sqrt(np.sum(d_prime(m, c) ** 2)):.2f}" for _, m, c in pairs) + " |")
+
+
 def auc(marked: np.ndarray, clean: np.ndarray) -> float:
     return detection_metrics(clean, marked)["roc_auc"]
 
@@ -47,10 +101,13 @@ def main():
     ap.add_argument("--key", required=True)
     ap.add_argument("--checkpoint", default="checkpoints/genwm-mini", help="the phase-1 checkpoint whose mark was used")
     ap.add_argument("--whiten", action="store_true", help="read with the detector's per-image whitening on (DetectorConfig.whiten), whatever the checkpoint says")
+    ap.add_argument("--by-frequency", action="store_true", help="the shift-0 reading ring by ring of the template's frequencies (see above)")
     args = ap.parse_args()
     detector = Detector.from_pretrained(args.checkpoint).eval()
     detector.config.whiten = detector.config.whiten or args.whiten
     bits = key_bits(args.key, detector.templates.config.n_bits)[None]
+    if args.by_frequency:
+        return by_frequency(detector, args.work, bits)
     photos_marked, _ = phase0_and_logit(detector, load(args.work / "subject" / "watermarked"), bits)
     photos_clean, _ = phase0_and_logit(detector, load(args.work / "subject" / "clean"), bits)
     photo_shift = photos_marked.mean() - photos_clean.mean()
