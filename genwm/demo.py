@@ -142,8 +142,9 @@ def example_grid(rows: list[list[Path]], labels: list[str], path: Path, n: int =
         grid.save(tmp, format="PNG")
 
 
-def run_demo(out, config_path=DEFAULT_CONFIG, subject_index: int | None = None, fraction: float | None = None, key: str | None = None, progress: bool = True) -> dict:
-    """The whole pipeline for one subject into `out`; -> the report (also out/report.json)."""
+def run_demo(out, config_path=DEFAULT_CONFIG, subject_index: int | None = None, fraction: float | None = None, key: str | None = None, progress: bool = True, seeds: list[int] | None = None) -> dict:
+    """The whole pipeline for one subject into `out`; -> the report (also out/report.json).
+    seeds: the fine-tuning models' seeds instead of the config's (evaluation adds its offsets)."""
     from genwm.evaluate import EvaluateConfig, detection_metrics, evaluate_sets, run_evaluation
     from genwm.keys import key_fingerprint
     from genwm.models import Detector
@@ -157,6 +158,8 @@ def run_demo(out, config_path=DEFAULT_CONFIG, subject_index: int | None = None, 
     overrides = {"progress": progress, "prompts": demo["prompts"]}
     if fraction is not None:
         overrides["fraction"] = fraction
+    if seeds is not None:
+        overrides["seeds"] = list(seeds)
     config = protect_config_for(config_path, subject_index, overrides)
     work = out / "work"
     record = protect(photos, key, demo["model"], demo["checkpoint"], work, config)

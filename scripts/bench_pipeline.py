@@ -18,6 +18,11 @@ For each subject, in one work folder per variant:
   enlarged 4x to decode.
 Models trained on the clean photos do not depend on the variant: every variant links the
 "genwm" run's clean models and images instead of training them again.
+
+--seeds shared gives every subject the config's model seeds, and so the same synthesis seeds:
+image i of every subject's seed-s model starts from the same noise, and the subjects' readings
+of it correlate (scripts/bench_shared_nuisance.py), so their results are not independent
+replicates. per-subject (the default) adds 10 * subject to each seed.
 """
 import argparse
 import json
@@ -74,13 +79,13 @@ def link_clean(source_work: Path, work: Path) -> None:
                 os.symlink(d.resolve(), target)
 
 
-def baseline_run(method: str, subject: int, demo: dict, config_path, work: Path, key: str, progress: bool) -> dict:
+def baseline_run(method: str, subject: int, demo: dict, config_path, work: Path, key: str, progress: bool, seeds: list[int] | None = None) -> dict:
     """Watermark with the baseline, personalize (known test seeds only), decode from S and S_w."""
     from genwm.demo import pair_quality
     from genwm.evaluate import detection_metrics
     from genwm.protect import SIDES, generated_images, watermark_subject
 
-    config = protect_config_for(config_path, subject, {"progress": progress, "prompts": demo["prompts"]})
+    config = protect_config_for(config_path, subject, {"progress": progress, "prompts": demo["prompts"], "seeds": seeds})
     photos = write_subject(subject, demo.get("n_subject_images", 8), work.parent / "photos", demo.get("resolution", 64))
     wm = BaselineWatermarker(method)
     record = watermark_subject(photos, work / "subject", wm, key, config.fraction, config.watermark_seed, progress)
@@ -146,6 +151,7 @@ def main():
     ap.add_argument("--config", default=str(DEFAULT_CONFIG))
     ap.add_argument("--out", default="runs/bench-pipeline")
     ap.add_argument("--table", default="docs/results/bench_pipeline")
+    ap.add_argument("--seeds", choices=("per-subject", "shared"), default="per-subject", help="model (and so synthesis) seeds: the config's plus 10 * subject, or the config's for every subject (see above)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     demo = load_demo_config(args.config)
@@ -160,12 +166,13 @@ def main():
             work = base / variant
             if variant != "genwm":
                 link_clean(base / "genwm" / "work", work / "work" if variant.startswith("genwm") else work)
+            config, fraction = variant_setting(variant, args.config) if variant.startswith("genwm") else (args.config, None)
+            seeds = [s + 10 * subject for s in protect_config_for(config, subject, {}).seeds] if args.seeds == "per-subject" else None
             if variant.startswith("genwm"):
-                config, fraction = variant_setting(variant, args.config)
-                report = run_demo(work, config, subject_index=subject, fraction=fraction, key=key, progress=not args.quiet)
+                report = run_demo(work, config, subject_index=subject, fraction=fraction, key=key, progress=not args.quiet, seeds=seeds)
                 row = flat(report)
             else:
-                row = baseline_run(variant, subject, demo, args.config, work, key, not args.quiet)
+                row = baseline_run(variant, subject, demo, args.config, work, key, not args.quiet, seeds)
             row.update(subject=subject, seconds=round(time.time() - t))
             results[variant].append(row)
             print(json.dumps({"variant": variant, **row}), flush=True)
