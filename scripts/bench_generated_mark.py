@@ -74,8 +74,9 @@ def d_prime(marked: np.ndarray, clean: np.ndarray) -> np.ndarray:
 
 
 def by_frequency(detector: Detector, work: Path, bits: torch.Tensor) -> None:
-    photos = {side: ring_readings(detector, load(work / "subject" / side), bits)[0] for side in ("watermarked", "clean")}
-    _, rings, share = ring_readings(detector, load(work / "subject" / "clean")[:1], bits)
+    photos = {}
+    for side in ("watermarked", "clean"):
+        photos[side], rings, share = ring_readings(detector, load(work / "subject" / side), bits)
     photo_shift = photos["watermarked"].mean(0) - photos["clean"].mean(0)
     pairs = []
     for marked_dir in sorted((work / "images").glob("*-watermarked-*")):
