@@ -17,9 +17,10 @@ With --by-frequency, the same read frequency by frequency (rings of equal cycles
 the key's template; for a row-constant mark, each vertical frequency): each ring's share of
 the template's energy, the fraction of the photos' shift at that ring that reaches the
 generated images, and its per-image signal-to-noise ratio (shift over the images' pooled sd).
-Beside the shift-0 reading's own d' it prints sqrt(sum of the rings' squared SNRs), the d' of
-the best weighing of the rings for these very images (an in-sample upper bound for any
-reweighing of frequencies, such as a whitening fitted in phase 2).
+Beside the d' of the rings' sum (the correlation at shift 0, before the z-score divides it by
+the map's spread) it prints sqrt(sum of the rings' squared SNRs), the d' of the best weighing
+of the rings for these very images (an in-sample upper bound for any reweighing of
+frequencies, such as a whitening fitted in phase 2).
 """
 import argparse
 from pathlib import Path
@@ -88,7 +89,7 @@ def by_frequency(detector: Detector, work: Path, bits: torch.Tensor) -> None:
     for j, r in enumerate(rings):
         cells = [f"{(m[:, j].mean() - c[:, j].mean()) / photo_shift[j]:.2f}, {d_prime(m, c)[j]:.2f}" for _, m, c in pairs]
         print(f"| {r} | {share[j]:.3f} | " + " | ".join(cells) + " |")
-    print("| d' of the shift-0 reading / of the best weighing of the rings (in-sample) | | " + " | ".join(
+    print("| d' of the shift-0 correlation / of the best weighing of the rings (in-sample) | | " + " | ".join(
         f"{d_prime(m.sum(1, keepdims=True), c.sum(1, keepdims=True))[0]:.2f} / {np.sqrt(np.sum(d_prime(m, c) ** 2)):.2f}" for _, m, c in pairs) + " |")
 
 
