@@ -33,7 +33,6 @@ from genwm.evaluate import detection_metrics
 from genwm.finetune import load_image
 from genwm.keys import key_bits
 from genwm.models import Detector
-from genwm.models.detector import fold_blocks, unit
 from genwm.models.generator import cycles_per_tile
 
 
@@ -42,11 +41,16 @@ def load(folder: Path) -> torch.Tensor:
 
 
 @torch.no_grad()
-def phase0_and_logit(detector: Detector, images: torch.Tensor, bits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """z-score of the summed correlation at shift 0, and the detector's own logit, per image."""
+def shift0_z(detector: Detector, images: torch.Tensor, bits: torch.Tensor) -> np.ndarray:
+    """z-score of the summed correlation at shift 0, per image."""
     spectrum = detector.template_spectrum(detector.templates(bits)[:, None])
-    z = detector.shift_z(detector.residual(images), spectrum, 1.0)[:, 0, 0]
-    return z.numpy(), detector.logit(images, bits).numpy()
+    return detector.shift_z(detector.residual(images), spectrum, 1.0)[:, 0, 0].numpy()
+
+
+@torch.no_grad()
+def phase0_and_logit(detector: Detector, images: torch.Tensor, bits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """shift0_z, and the detector's own logit, per image."""
+    return shift0_z(detector, images, bits), detector.logit(images, bits).numpy()
 
 
 @torch.no_grad()
@@ -54,15 +58,14 @@ def ring_readings(detector: Detector, images: torch.Tensor, bits: torch.Tensor) 
     """What each ring of frequencies adds to the summed correlation at shift 0, per image:
     (readings [N, R], rings' cycles per tile [R], template energy share [R])."""
     t = detector.config.tile
-    blocks = fold_blocks(detector.residual(images), t, detector.config.block_periods * t)
-    folded = torch.fft.rfft2(unit(blocks, (2, 3, 4))).sum(dim=(1, 2))  # [N, T, T/2+1]
-    template = torch.fft.rfft2(unit(detector.templates(bits)[None], (2, 3, 4)))[0, 0].sum(0)  # [T, T/2+1]
+    spectrum = detector.template_spectrum(detector.templates(bits)[:, None])  # [1, 1, 1, 3, T, T/2+1]
+    correlation = detector.correlation_spectra(detector.residual(images), spectrum)[:, 0].sum(1)  # [N, T, T/2+1], blocks summed
     # an rfft holds the columns 1..T/2-1 once for two conjugate frequencies
     multiplicity = torch.full((t // 2 + 1,), 2.0)
     multiplicity[0] = multiplicity[-1] = 1.0
-    terms = (folded * template.conj()).real * multiplicity  # sums to T*T times the correlation at shift 0
+    terms = correlation.real * multiplicity  # sums to T*T times the correlation at shift 0
     ring = cycles_per_tile(t, onesided=True).round().long()
-    energy = template.abs().square() * multiplicity
+    energy = spectrum[0, 0, 0].sum(0).abs().square() * multiplicity
     rings = [int(r) for r in ring.unique() if energy[ring == r].sum() > 1e-6 * energy.sum()]
     readings = torch.stack([terms[:, ring == r].sum(-1) for r in rings], dim=-1)
     share = torch.stack([energy[ring == r].sum() for r in rings]) / energy.sum()

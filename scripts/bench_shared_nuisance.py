@@ -19,22 +19,16 @@ replicates where it is large.
 import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from genwm.data import list_images
-from genwm.finetune import load_image
-from genwm.keys import key_bits
-from genwm.models import Detector
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_generated_mark import load, shift0_z  # noqa: E402
 
-
-@torch.no_grad()
-def readings(detector: Detector, folder: Path, bits: torch.Tensor) -> np.ndarray:
-    spectrum = detector.template_spectrum(detector.templates(bits)[:, None])
-    images = torch.stack([load_image(p) for p in list_images(folder)])
-    return detector.shift_z(detector.residual(images), spectrum, 1.0)[:, 0, 0].numpy()
+from genwm.keys import key_bits  # noqa: E402
+from genwm.models import Detector  # noqa: E402
 
 
 def pair_correlation(a: np.ndarray, b: np.ndarray, lag: int) -> float:
@@ -58,7 +52,7 @@ def main():
     for name in folders:
         synthesis = json.loads((args.works[0] / "images" / name / "synthesis.json").read_text())
         n_templates = len(synthesis["templates"])
-        r = [readings(detector, w / "images" / name, bits) for w in args.works]
+        r = [shift0_z(detector, load(w / "images" / name), bits) for w in args.works]
         pairs = list(itertools.combinations(range(len(r)), 2))
         both = np.mean([pair_correlation(r[a], r[b], 0) for a, b in pairs])
         template = np.mean([pair_correlation(r[a], r[b], n_templates) for a, b in pairs] + [pair_correlation(r[b], r[a], n_templates) for a, b in pairs])
