@@ -174,11 +174,12 @@ def folder_key_evidence(detector, directory, key: str, n_null: int) -> np.ndarra
     return detector.key_evidences([load_image(f) for f in list_images(directory)], key, n_null)
 
 
-def key_tests(detector, key: str, folders: dict, set_size: int, alpha: float = 0.01, n_null: int = 99) -> dict:
+def key_tests(detector, key: str, folders: dict, set_size: int, alpha: float = 0.01, n_null: int = 99, evidences: dict | None = None) -> dict:
     """The key test on disjoint sets of set_size images of one model each (a set never mixes
     two models' images), and on each model's images all together: TPR over the watermarked
     models' sets, FPR over the clean models' sets; and the per-image AUC under the key among
-    the null keys' AUCs. folders: "clean" and "watermarked" -> image folders, one model each."""
+    the null keys' AUCs. folders: "clean" and "watermarked" -> image folders, one model each;
+    evidences: the same -> those folders' folder_key_evidence, where already read."""
     from sklearn.metrics import roc_auc_score
 
     from genwm.calibration import key_test, rank_p_value
@@ -187,8 +188,8 @@ def key_tests(detector, key: str, folders: dict, set_size: int, alpha: float = 0
     detected = {side: [] for side in folders}
     models, by_side = [], {side: [] for side in folders}
     for side, dirs in folders.items():
-        for d in dirs:
-            evidence = folder_key_evidence(detector, d, key, n_null)
+        for i, d in enumerate(dirs):
+            evidence = evidences[side][i] if evidences else folder_key_evidence(detector, d, key, n_null)
             by_side[side].append(evidence)
             detected[side] += [key_test(evidence[i : i + set_size], alpha, covariates)["watermark_detected"] for i in range(0, len(evidence) - set_size + 1, set_size)]
             whole = key_test(evidence, alpha, covariates)
@@ -247,13 +248,21 @@ def evaluate_sets(detector, key: str, clean, watermarked, setting: str = "known"
     if problems and not allow_dishonest:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ValueError(f"not an honest test: {problems[0]}{more}")
-    clean_logits, marked_logits = folder_logits(detector, clean, key), folder_logits(detector, watermarked, key)
-    keys = None
+    folders = {"clean": as_list(clean), "watermarked": as_list(watermarked)}
+    keys = evidences = None
     if set_size:
         from genwm.calibration import key_test_problem
 
         problem = key_test_problem(detector)
-        keys = {"not_run": problem} if problem else key_tests(detector, key, {"clean": as_list(clean), "watermarked": as_list(watermarked)}, set_size)
+        if not problem and detector.config.located is not None:
+            # A located detector's logit is a function of the key's column of the evidence,
+            # so the images are read once for both.
+            evidences = {side: [folder_key_evidence(detector, d, key, None) for d in dirs] for side, dirs in folders.items()}
+        keys = {"not_run": problem} if problem else key_tests(detector, key, folders, set_size, evidences=evidences)
+    if evidences:
+        clean_logits, marked_logits = (np.array([detector.logit_of_key_evidence(row) for e in evidences[side] for row in e]) for side in ("clean", "watermarked"))
+    else:
+        clean_logits, marked_logits = folder_logits(detector, clean, key), folder_logits(detector, watermarked, key)
     return {
         "setting": setting,
         "metrics": detection_metrics(clean_logits, marked_logits, getattr(detector, "calibration", None)),

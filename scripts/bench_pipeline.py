@@ -16,8 +16,9 @@ For each subject, in one work folder per variant:
   recovers from each generated image (they have no phase 2). The package refuses images under
   256 px: the 64-px photos are marked on a copy enlarged 4x and shrunk back, and images are
   enlarged 4x to decode.
-Models trained on the clean photos do not depend on the variant: every variant links the
-"genwm" run's clean models and images instead of training them again.
+Models trained on the clean photos do not depend on the variant: every variant links the clean
+models and images of the first genwm variant it runs ("genwm" where it is one of them) instead
+of training them again.
 
 --seeds shared gives every subject the config's model seeds, and so the same synthesis seeds:
 image i of every subject's seed-s model starts from the same noise, and the subjects' readings
@@ -158,14 +159,17 @@ def main():
     key = demo.get("key", "genwm-demo-key")
     out = Path(args.out)
     results = {v: [] for v in args.variants}
+    # The clean-photo models do not depend on the mark: the first genwm variant run trains them
+    # and the others link them (every genwm config personalizes alike).
+    clean_source = "genwm" if "genwm" in args.variants else next((v for v in args.variants if v.startswith("genwm")), "genwm")
     started = time.time()
     for subject in args.subjects:
         base = out / f"subject{subject:02d}"
         for variant in args.variants:
             t = time.time()
             work = base / variant
-            if variant != "genwm":
-                link_clean(base / "genwm" / "work", work / "work" if variant.startswith("genwm") else work)
+            if variant != clean_source:
+                link_clean(base / clean_source / "work", work / "work" if variant.startswith("genwm") else work)
             config, fraction = variant_setting(variant, args.config) if variant.startswith("genwm") else (args.config, None)
             seeds = [s + 10 * subject for s in protect_config_for(config, subject, {}).seeds] if args.seeds == "per-subject" else None
             if variant.startswith("genwm"):

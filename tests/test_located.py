@@ -8,7 +8,7 @@ from PIL import Image
 
 from genwm.calibration import key_test
 from genwm.checkpoint import save_checkpoint
-from genwm.evaluate import detection_metrics
+from genwm.evaluate import detection_metrics, evaluate_sets, folder_logits
 from genwm.finetune import FinetuneConfig, finetune_detector, locate
 from genwm.keys import key_bits
 from genwm.models import Detector, DetectorConfig, GeneratorConfig
@@ -134,6 +134,14 @@ def test_phase2_with_locate_records_the_place_and_the_saved_detector_reads_there
     assert found["p_value"] == pytest.approx(1 / 40) and found["watermark_detected"]  # no null key reads as high
     assert not tuned.verdict(marked, KEY)["watermark_detected"]  # 39 null keys cannot reach p <= 0.01
     assert not tuned.verdict(images(30, 7), KEY, alpha=0.05)["watermark_detected"]
+
+    # evaluate_sets reads a located detector's images once for its logits and its key tests:
+    # the logits are still D's own.
+    test = {side: save_folder(tmp_path / f"test_{side}", imgs) for side, imgs in (("clean", images(8, 11)), ("watermarked", marked[:8]))}
+    result = evaluate_sets(tuned, KEY, test["clean"], test["watermarked"], "known", allow_dishonest=True, set_size=4)
+    for side in ("clean", "watermarked"):
+        assert np.allclose(result["logits"][side], folder_logits(tuned, test[side], KEY), atol=1e-4)
+    assert result["key_test"]["n_null_keys"] == 39 and len(result["key_test"]["models"]) == 2
 
 
 def test_the_drawn_place_reads_every_key_at_shift_0_and_finds_a_mark_drawn_there(tmp_path):
