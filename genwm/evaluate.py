@@ -188,8 +188,8 @@ def key_tests(detector, key: str, folders: dict, set_size: int, alpha: float = 0
     detected = {side: [] for side in folders}
     models, by_side = [], {side: [] for side in folders}
     for side, dirs in folders.items():
-        for i, d in enumerate(dirs):
-            evidence = evidences[side][i] if evidences else folder_key_evidence(detector, d, key, n_null)
+        for m, d in enumerate(dirs):
+            evidence = evidences[side][m] if evidences else folder_key_evidence(detector, d, key, n_null)
             by_side[side].append(evidence)
             detected[side] += [key_test(evidence[i : i + set_size], alpha, covariates)["watermark_detected"] for i in range(0, len(evidence) - set_size + 1, set_size)]
             whole = key_test(evidence, alpha, covariates)
