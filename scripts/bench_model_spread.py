@@ -11,7 +11,6 @@ decided by the difference of their means where it is large against the images' s
 prints both, so that a control AUC far from 0.5 can be told apart from a mark.
 """
 import argparse
-import json
 from pathlib import Path
 
 from genwm.calibration import key_test
@@ -30,7 +29,7 @@ def main():
     rows = []
     print("| images | n | mean of the key's evidence | sd over images | key test p (conditioned) | key test p (unconditioned) |")
     print("|---|---|---|---|---|---|")
-    for folder in sorted(d for d in (args.work / "images").iterdir() if d.is_dir() and not d.name.startswith("class_images")):
+    for folder in sorted(d for d in (args.work / "images").iterdir() if d.is_dir()):
         evidence = folder_key_evidence(detector, folder, args.key, None)
         if not len(evidence):
             continue
