@@ -191,7 +191,11 @@ def images_dir(work, method: str, side: str, seed: int, prompt_set: str) -> Path
 
 
 def synthesis_seed(model_seed: int) -> int:
-    """Image seeds of a model: synthesis_seed + i. Disjoint across models for n < 10000."""
+    """Image seeds of a model: synthesis_seed + i. Disjoint across models for n < 10000.
+
+    DreamBooth's class images are not in this scheme: the base model draws them once, from
+    seed + i of the first model that needs them, so they can share the seed-0 model's noises.
+    Clean and watermarked models train on the same class images, so neither side gains by it."""
     return 10_000 * model_seed
 
 
