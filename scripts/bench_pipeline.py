@@ -13,9 +13,11 @@ For each subject, in one work folder per variant:
 - "genwm-rows-partial", "genwm-profile-partial": those marks on 1/4 of the subject's photos;
 - "dwtDct", "rivaGan": invisible-watermark's marks (a 32-bit message from the key) through the
   same personalization and synthesis; scored by the fraction of the message their decoder
-  recovers from each generated image (they have no phase 2). The package refuses images under
-  256 px: the 64-px photos are marked on a copy enlarged 4x and shrunk back, and images are
-  enlarged 4x to decode.
+  recovers from each generated image (they have no phase 2), and put to genwm's key test with
+  that fraction as the evidence: the model's mean for the key's message ranked among 999 null
+  messages' (each a SHA-256 of the key and a number, so as random as the key's own). The
+  package refuses images under 256 px: the 64-px photos are marked on a copy enlarged 4x and
+  shrunk back, and images are enlarged 4x to decode.
 Models trained on the clean photos do not depend on the variant: every variant links the clean
 models and images of the first genwm variant it runs ("genwm" where it is one of them) instead
 of training them again.
@@ -42,6 +44,7 @@ BASELINES = ("dwtDct", "rivaGan")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VARIANT_CONFIGS = {"genwm-rows": CONFIGS / "demo-rows.yaml", "genwm-profile": CONFIGS / "demo-profile.yaml", "genwm-profile-strong": CONFIGS / "demo-profile-strong.yaml"}
 PARTIAL = 0.25
+NULL_MESSAGES = 999  # the baselines' key test: its smallest p is 1 / (1 + this)
 
 
 def variant_setting(variant: str, default_config) -> tuple:
@@ -65,9 +68,15 @@ class BaselineWatermarker:
         return self.mark.embed(img, self.mark.message_for(key))
 
     def score(self, path, key) -> float:
+        return float(self.evidence(path, key, 0)[0])
+
+    def evidence(self, path, key, n_null: int = NULL_MESSAGES) -> np.ndarray:
+        """[1 + n_null]: the fraction of the key's message and of each null message that the
+        decoder recovers from the image at path (one decoding)."""
         from PIL import Image
 
-        return float(self.mark.bit_accuracy(Image.open(path), [self.mark.message_for(key)])[0])
+        messages = [self.mark.message_for(key)] + [self.mark.message_for(f"{key}\0null{i}") for i in range(n_null)]
+        return self.mark.bit_accuracy(Image.open(path), messages)
 
 
 def link_clean(source_work: Path, work: Path) -> None:
@@ -82,6 +91,7 @@ def link_clean(source_work: Path, work: Path) -> None:
 
 def baseline_run(method: str, subject: int, demo: dict, config_path, work: Path, key: str, progress: bool, seeds: list[int] | None = None) -> dict:
     """Watermark with the baseline, personalize (known test seeds only), decode from S and S_w."""
+    from genwm.calibration import key_test
     from genwm.demo import pair_quality
     from genwm.evaluate import detection_metrics
     from genwm.protect import SIDES, generated_images, watermark_subject
@@ -93,16 +103,21 @@ def baseline_run(method: str, subject: int, demo: dict, config_path, work: Path,
     marked = [im["file"] for im in record["images"] if im["watermarked"]]
     quality = pair_quality((work / "subject" / "clean" / f, work / "subject" / "watermarked" / f) for f in marked)
     subject_bits = np.mean([wm.score(work / "subject" / "watermarked" / f, key) for f in marked])
-    scores = {side: [] for side in SIDES}
+    evidence = {side: [] for side in SIDES}  # one [images, 1 + null messages] a model
     for m in config.methods:
         for s in config.seeds:
             for side in SIDES:
                 folder = generated_images(work, demo["model"], config, m, side, s + 1000, Path(demo["prompts"]), "seen")
-                scores[side] += [wm.score(p, key) for p in sorted(folder.glob("*.png"))]
-    metrics = detection_metrics(np.array(scores["clean"]) - 0.5, np.array(scores["watermarked"]) - 0.5)
+                evidence[side].append(np.stack([wm.evidence(p, key) for p in sorted(folder.glob("*.png"))]))
+    scores = {side: np.concatenate(v)[:, 0] for side, v in evidence.items()}
+    metrics = detection_metrics(scores["clean"] - 0.5, scores["watermarked"] - 0.5)
+    set_size = demo.get("set_size", 8)
+    sets = {side: [key_test(e[i : i + set_size])["watermark_detected"] for e in v for i in range(0, len(e) - set_size + 1, set_size)] for side, v in evidence.items()}
     return {"method": method, "subject_psnr": quality["psnr"], "subject_ssim": quality["ssim"], "bit_accuracy_on_subject": float(subject_bits),
             "bit_accuracy_generated": {side: float(np.mean(v)) for side, v in scores.items()},
-            "known": {k: metrics[k] for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr", "n_clean", "n_watermarked")}}
+            "known": {k: metrics[k] for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr", "n_clean", "n_watermarked")},
+            "key_test": {"n_null_messages": NULL_MESSAGES, **{f"model_p_{side}": [key_test(e)["p_value"] for e in v] for side, v in evidence.items()},
+                         "sets_tpr": float(np.mean(sets["watermarked"])), "sets_fpr": float(np.mean(sets["clean"]))}}
 
 
 def summarize(rows: list[dict]) -> dict:
