@@ -1,7 +1,7 @@
 """Diagnostic: how much of an invisible-watermark baseline's PSNR on the mini world's small photos
 is its own mark, and how much the enlarge-and-shrink round trip that lets it mark them at all.
 
-    python scripts/bench_baseline_roundtrip.py runs/bench-v7/subject0{0,1,2,4}/dwtDct/subject
+    python scripts/bench_baseline_roundtrip.py runs/bench-v7/subject0{0,1,2,3,4}/dwtDct/subject
 
 For each folder (a bench_pipeline baseline's `subject/`, with `clean/` and `watermarked/`):
 the mean PSNR of the marked photos against the clean ones, and of the clean photos sent

@@ -14,10 +14,9 @@ prints both, so that a control AUC far from 0.5 can be told apart from a mark.
 same detector; a folder named as one read already (a model trained again) is left out.
 --spread GLOB: the sd, over the folders whose names match, of their mean evidence, under the
 key and under each null key, and the key's rank among the null keys' (p: the share of null
-keys at least as spread, counting the key). A key that the models'
-shared inheritance (photos, base model) reads more or less strongly from model to model
-spreads them more than a null key does; one that spreads them as null keys do is, for those
-models, a key like any other.
+keys at least as spread, counting the key). A key that the models' shared inheritance
+(photos, base model) reads more or less strongly from model to model spreads them more than a
+null key does; one that spreads them as null keys do is, for those models, a key like any other.
 """
 import argparse
 from pathlib import Path
