@@ -63,6 +63,7 @@ class BaselineWatermarker:
         self.mark = InvisibleWatermark(method, enlarge_small=True)
         self.strength = 1.0
         self.config = {"generator": {"invisible-watermark": method}}
+        self.messages = {}  # (key, n_null) -> the key's message and the null ones, made once
 
     def watermark(self, img, key):
         return self.mark.embed(img, self.mark.message_for(key))
@@ -75,8 +76,9 @@ class BaselineWatermarker:
         decoder recovers from the image at path (one decoding)."""
         from PIL import Image
 
-        messages = [self.mark.message_for(key)] + [self.mark.message_for(f"{key}\0null{i}") for i in range(n_null)]
-        return self.mark.bit_accuracy(Image.open(path), messages)
+        if (key, n_null) not in self.messages:
+            self.messages[key, n_null] = [self.mark.message_for(key)] + [self.mark.message_for(f"{key}\0null{i}") for i in range(n_null)]
+        return self.mark.bit_accuracy(Image.open(path), self.messages[key, n_null])
 
 
 def link_clean(source_work: Path, work: Path) -> None:
