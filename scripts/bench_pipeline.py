@@ -10,6 +10,7 @@ For each subject, in one work folder per variant:
 - "genwm-rows": the same with the row-constant mark (configs/demo-rows.yaml);
 - "genwm-profile": the same with a row-constant mark one image high (configs/demo-profile.yaml);
 - "genwm-profile-strong": the profile at 1.1 times its strength (configs/demo-profile-strong.yaml);
+- "genwm-profile-rowmeans": the profile mark read from row means (configs/demo-profile-rowmeans.yaml);
 - "genwm-rows-partial", "genwm-profile-partial": those marks on 1/4 of the subject's photos;
 - "dwtDct", "rivaGan": invisible-watermark's marks (a 32-bit message from the key) through the
   same personalization and synthesis; scored by the fraction of the message their decoder
@@ -20,7 +21,10 @@ For each subject, in one work folder per variant:
   shrunk back, and images are enlarged 4x to decode.
 Models trained on the clean photos do not depend on the variant: every variant links the clean
 models and images of the first genwm variant it runs ("genwm" where it is one of them) instead
-of training them again.
+of training them again. A variant that only reads another's mark differently (SAME_MARK) links
+all of that variant's models and images where its work folder exists, watermarked ones too:
+the same G marks the photos the same, which each personalization's request (the hashes of its
+training images) checks before a model is reused.
 
 --seeds shared gives every subject the config's model seeds, and so the same synthesis seeds:
 image i of every subject's seed-s model starts from the same noise, and the subjects' readings
@@ -42,7 +46,13 @@ from genwm.demo import DEFAULT_CONFIG, load_demo_config, protect_config_for, run
 
 BASELINES = ("dwtDct", "rivaGan")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-VARIANT_CONFIGS = {"genwm-rows": CONFIGS / "demo-rows.yaml", "genwm-profile": CONFIGS / "demo-profile.yaml", "genwm-profile-strong": CONFIGS / "demo-profile-strong.yaml"}
+VARIANT_CONFIGS = {
+    "genwm-rows": CONFIGS / "demo-rows.yaml",
+    "genwm-profile": CONFIGS / "demo-profile.yaml",
+    "genwm-profile-strong": CONFIGS / "demo-profile-strong.yaml",
+    "genwm-profile-rowmeans": CONFIGS / "demo-profile-rowmeans.yaml",
+}
+SAME_MARK = {"genwm-profile-rowmeans": "genwm-profile"}  # variant -> the variant whose G (and so marked photos) it shares
 PARTIAL = 0.25
 NULL_MESSAGES = 999  # the baselines' key test: its smallest p is 1 / (1 + this)
 
@@ -81,11 +91,19 @@ class BaselineWatermarker:
         return self.mark.bit_accuracy(Image.open(path), self.messages[key, n_null])
 
 
-def link_clean(source_work: Path, work: Path) -> None:
-    """Share the clean-photo models and images of another run of the same subject."""
+def same_mark_source(variant: str) -> str | None:
+    """The variant whose marked photos `variant`'s are (SAME_MARK, -partial kept), or None."""
+    mark, partial = variant.removesuffix("-partial"), variant.endswith("-partial")
+    return SAME_MARK[mark] + ("-partial" if partial else "") if mark in SAME_MARK else None
+
+
+def link_clean(source_work: Path, work: Path, sides: tuple = ("clean",)) -> None:
+    """Share the models and images of another run of the same subject: those of the clean
+    photos, and with sides=("clean", "watermarked") all of them."""
     for kind in ("models", "images"):
         (work / kind).mkdir(parents=True, exist_ok=True)
-        for d in sorted((source_work / kind).glob("*-clean-*")) + sorted((source_work / kind).glob("class_images-*")):
+        shared = [d for side in sides for d in sorted((source_work / kind).glob(f"*-{side}-*"))]
+        for d in shared + sorted((source_work / kind).glob("class_images-*")) + sorted((source_work / kind).glob("reference-*")):
             target = work / kind / d.name
             if not target.exists():
                 os.symlink(d.resolve(), target)
@@ -185,7 +203,10 @@ def main():
         for variant in args.variants:
             t = time.time()
             work = base / variant
-            if variant != clean_source:
+            same = same_mark_source(variant)
+            if same and (base / same / "work" / "models").is_dir():
+                link_clean(base / same / "work", work / "work", sides=("clean", "watermarked"))
+            elif variant != clean_source:
                 link_clean(base / clean_source / "work", work / "work" if variant.startswith("genwm") else work)
             config, fraction = variant_setting(variant, args.config) if variant.startswith("genwm") else (args.config, None)
             seeds = [s + 10 * subject for s in protect_config_for(config, subject, {}).seeds] if args.seeds == "per-subject" else None

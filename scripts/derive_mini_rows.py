@@ -2,6 +2,7 @@
 
     python scripts/derive_mini_rows.py [--source checkpoints/genwm-mini] [--out checkpoints/genwm-mini-rows]
     python scripts/derive_mini_rows.py --tile 64 --band 16 --out checkpoints/genwm-mini-profile
+    python scripts/derive_mini_rows.py --source checkpoints/genwm-mini-profile --row-window 9 --out checkpoints/genwm-mini-profile-rowmeans
 
 The same weights as the source, with GeneratorConfig.rows set for G and for D's templates: each
 key's tile averaged along its rows (horizontal stripes, the tile's vertical profile), at the
@@ -9,6 +10,10 @@ same RMS. No training: the mini world's personalized models keep a row-constant 
 better than the rest of it (docs/BENCHMARKS.md, the key test), and this asks what a mark made
 only of that part gives. No calibration is written (the source's was measured for its own
 mark); phase 2 calibrates the subject's detector as always.
+
+--row-window K gives D the fixed front end made for a row-constant mark instead of the learned
+one (DetectorConfig.row_window: row means high-passed over K rows); G is unchanged, so the
+marked photos, and every model trained on them, are the same as the source's.
 """
 import argparse
 
@@ -23,24 +28,29 @@ def main():
     ap.add_argument("--tile", type=int, help="a new period (e.g. the image's height, for a profile that never repeats): G's "
                     "learned filter does not fit another tile, so it becomes flat up to --band cycles per tile")
     ap.add_argument("--band", type=int, help="with --tile: the highest frequency, in cycles per tile")
+    ap.add_argument("--row-window", type=int, default=0, help="D reads row means high-passed over this many rows (odd), not a learned front end")
     args = ap.parse_args()
     generator, detector, config = load_checkpoint(args.source)
     changes = {"rows": True}
+    front_end = {"row_window": args.row_window} if args.row_window else {}
     if args.tile:
         changes.update(tile=args.tile, band=args.band)
     rows_generator = WatermarkGenerator(GeneratorConfig(**{**generator.config.to_dict(), **changes}))
     detector_config = detector.config.to_dict()
-    rows_detector = Detector(DetectorConfig(**{**detector_config, "template": {**detector_config["template"], **changes}}))
-    if args.tile:
+    rows_detector = Detector(DetectorConfig(**{**detector_config, **front_end, "template": {**detector_config["template"], **changes}}))
+    if args.row_window and not args.tile:
+        rows_generator.load_state_dict(generator.state_dict())
+        rows_detector.load_state_dict({k: v for k, v in detector.state_dict().items() if not k.startswith("extractor.")})
+    elif args.tile:
         # the front end is tile-agnostic and keeps its weights; the templates are G's
         rows_detector.extractor.load_state_dict(detector.extractor.state_dict())
         rows_detector.templates.load_state_dict(rows_generator.state_dict())
     else:
         rows_generator.load_state_dict(generator.state_dict())
         rows_detector.load_state_dict(detector.state_dict())
-    metadata = {**(config.get("metadata") or {}), "derived": {"from": args.source, **changes, "script": "scripts/derive_mini_rows.py"}}
+    metadata = {**(config.get("metadata") or {}), "derived": {"from": args.source, **changes, **front_end, "script": "scripts/derive_mini_rows.py"}}
     save_checkpoint(args.out, generator=rows_generator, detector=rows_detector, metadata=metadata)
-    print(f"{args.out}: {args.source} with row-constant tiles")
+    print(f"{args.out}: {args.source} with row-constant tiles" + (f", read from row means over {args.row_window} rows" if args.row_window else ""))
 
 
 if __name__ == "__main__":

@@ -381,6 +381,38 @@ def test_row_constant_tiles_keep_the_rms_and_a_detector_of_the_same_config_reads
     assert own.max() < 3
 
 
+def test_row_means_front_end_reads_a_profile_from_row_means_alone(tmp_path):
+    """DetectorConfig.row_window: the residual is the grey row means minus their moving
+    average, so it ignores the columns' order and the colour; it reads a profile mark where it
+    was drawn on photos with content, not another key's; it has no learned weights to save;
+    and it refuses a mark that is not row-constant."""
+    from genwm.models import DetectorConfig
+
+    torch.manual_seed(0)
+    config = GeneratorConfig(tile=64, max_rms=0.011, canonical_size=64, band=16, mirror=True, rows=True)
+    g = WatermarkGenerator(config)
+    detector = Detector(DetectorConfig(template=config.to_dict(), block_periods=2, row_window=9))
+    detector.templates.load_state_dict(g.state_dict())
+    detector.set_located(1.0, torch.eye(64 * 64)[0].tolist())
+    assert not list(detector.extractor.parameters())
+    photos = torch.stack([torch.from_numpy(smooth_photo(64, 64, seed=i)).permute(2, 0, 1).float() / 255 for i in range(16)])
+    residual = detector.residual(photos)
+    assert torch.allclose(residual, detector.residual(photos[..., torch.randperm(64)]), atol=1e-6)
+    assert torch.equal(residual, residual[:, :1, :, :1].expand_as(residual))
+    assert residual.abs().amax() > 0 and detector.residual(torch.full((1, 3, 64, 64), 0.3)).abs().amax() < 1e-6
+    bits, other = key_bits("k", config.n_bits)[None], key_bits("another", config.n_bits)[None]
+    marked = g.embed(photos, bits)
+    with torch.no_grad():
+        own, foreign, clean = (detector.evidence(x, g(b)[:, None])[:, 0] for x, b in ((marked, bits), (marked, other), (photos, bits)))
+    assert own.mean() > clean.mean() + 1.5 and own.mean() > foreign.mean() + 1.5, (own, foreign, clean)
+    save_checkpoint(tmp_path / "ck", generator=g, detector=detector)
+    _, loaded, saved = load_checkpoint(tmp_path / "ck")
+    assert saved["detector"]["row_window"] == 9 and torch.equal(loaded.residual(photos), residual)
+    for bad, match in (({"row_window": 8}, "odd"), ({"row_window": 9, "template": GeneratorConfig(tile=64, band=16).to_dict()}, "row-constant")):
+        with pytest.raises(ValueError, match=match):
+            DetectorConfig(**{"template": config.to_dict(), **bad})
+
+
 def test_keys_tiles_are_nearly_orthogonal_whatever_the_filter():
     """Keys' tiles are independent noise through one filter: they stay apart even when the
     filter keeps only a band of frequencies (what training could drive it to)."""

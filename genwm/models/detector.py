@@ -2,7 +2,8 @@
 
 D is a keyed matched filter with a learned front end:
 1. a small CNN (the extractor) turns the image into a residual where the mark stands out and
-   the photo's own content is suppressed;
+   the photo's own content is suppressed (for a row-constant mark, `row_window` replaces it
+   with a fixed one: the image's row means, high-passed along the height);
 2. at each candidate scale, the residual is resampled so the mark's period becomes the tile
    size T, cut into blocks of a few periods, and each block is folded (its periods averaged)
    into one T x T tile: the mark adds up coherently, the photo does not;
@@ -57,6 +58,13 @@ class DetectorConfig:
     # image): photo content is far from white, and a frequency where this photo is busy then
     # counts less than one where the mark stands out.
     whiten: bool = False
+    # For a row-constant mark (GeneratorConfig.rows) only: 0 keeps the learned front end; k > 0
+    # (odd) replaces it with a fixed one, the grey image's mean along each row minus that
+    # profile's own moving average over k rows, the same for every column and channel. Row
+    # means are all a row-constant mark can be read from; the extractor, learned for a 2-D mark,
+    # favours the highest frequencies, where the mini world's models keep least of it
+    # (docs/BENCHMARKS.md, "A front end made for the profile").
+    row_window: int = 0
     # Where one subject's personalized models draw the mark, as phase 2 found it (genwm.finetune
     # .locate): {"scale": relative to canonical, "weights": T*T numbers, one per shift of the
     # tile at that scale}. When set, D reads the key's summed correlation at that scale as
@@ -74,6 +82,11 @@ class DetectorConfig:
 
     def __post_init__(self):
         self.scale_range = tuple(self.scale_range)
+        if self.row_window:
+            if self.row_window < 3 or self.row_window % 2 == 0:
+                raise ValueError(f"row_window: an odd number of rows >= 3 (or 0 for the learned front end), got {self.row_window}")
+            if not (self.template.get("rows") if isinstance(self.template, dict) else self.template.rows):
+                raise ValueError("row_window reads row means, which only a row-constant mark (template rows: true) survives")
         if self.located is not None:
             weights = [float(w) for w in self.located["weights"]]
             if len(weights) != self.tile**2 or not any(weights):
@@ -170,7 +183,7 @@ class Detector(nn.Module):
         super().__init__()
         self.config = config = config or DetectorConfig()
         layers, c_in = [], 3
-        for i in range(config.depth):
+        for i in range(0 if config.row_window else config.depth):
             last = i == config.depth - 1
             layers.append(nn.Conv2d(c_in, 3 if last else config.width, 3, padding=1, padding_mode="reflect"))
             if not last:
@@ -324,10 +337,21 @@ class Detector(nn.Module):
     def residual(self, images: torch.Tensor) -> torch.Tensor:
         """images [N, 3, H, W] in [0, 1] -> the front end's residual, where the mark stands out."""
         x = images * 2 - 1
+        if self.config.row_window:
+            return self.row_residual(x)
         residual = self.extractor(x)
         if self.config.highpass:
             residual = residual + x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), 3, stride=1)
         return residual
+
+    def row_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, 3, H, W] in [-1, 1] -> the grey row means minus their moving average over
+        row_window rows, repeated along each row and over the channels [N, 3, H, W]."""
+        k = self.config.row_window
+        rows = x.mean(dim=(1, 3), keepdim=True)  # [N, 1, H, 1]
+        pad = min(k // 2, rows.shape[2] - 1)  # reflect padding needs fewer than H rows
+        smooth = F.avg_pool2d(F.pad(rows, (0, 0, pad, pad), mode="reflect" if pad else "constant"), (2 * pad + 1, 1), stride=1)
+        return (rows - smooth).expand(-1, x.shape[1], -1, x.shape[3]).contiguous()
 
     def correlation_spectra(self, residual: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor | None:
         """The spectra of each block's circular correlation with each template, summed over
