@@ -97,7 +97,7 @@ def same_mark_source(variant: str) -> str | None:
     return SAME_MARK[mark] + ("-partial" if partial else "") if mark in SAME_MARK else None
 
 
-def link_clean(source_work: Path, work: Path, sides: tuple = ("clean",)) -> None:
+def link_models(source_work: Path, work: Path, sides: tuple = ("clean",)) -> None:
     """Share the models and images of another run of the same subject: those of the clean
     photos, and with sides=("clean", "watermarked") all of them."""
     for kind in ("models", "images"):
@@ -205,9 +205,9 @@ def main():
             work = base / variant
             same = same_mark_source(variant)
             if same and (base / same / "work" / "models").is_dir():
-                link_clean(base / same / "work", work / "work", sides=("clean", "watermarked"))
+                link_models(base / same / "work", work / "work", sides=("clean", "watermarked"))
             elif variant != clean_source:
-                link_clean(base / clean_source / "work", work / "work" if variant.startswith("genwm") else work)
+                link_models(base / clean_source / "work", work / "work" if variant.startswith("genwm") else work)
             config, fraction = variant_setting(variant, args.config) if variant.startswith("genwm") else (args.config, None)
             seeds = [s + 10 * subject for s in protect_config_for(config, subject, {}).seeds] if args.seeds == "per-subject" else None
             if variant.startswith("genwm"):

@@ -38,16 +38,15 @@ def main():
     rows_generator = WatermarkGenerator(GeneratorConfig(**{**generator.config.to_dict(), **changes}))
     detector_config = detector.config.to_dict()
     rows_detector = Detector(DetectorConfig(**{**detector_config, **front_end, "template": {**detector_config["template"], **changes}}))
-    if args.row_window and not args.tile:
-        rows_generator.load_state_dict(generator.state_dict())
-        rows_detector.load_state_dict({k: v for k, v in detector.state_dict().items() if not k.startswith("extractor.")})
-    elif args.tile:
+    # a row-means front end has no weights: the source's extractor is left behind
+    detector_weights = {k: v for k, v in detector.state_dict().items() if not (args.row_window and k.startswith("extractor."))}
+    if args.tile:
         # the front end is tile-agnostic and keeps its weights; the templates are G's
-        rows_detector.extractor.load_state_dict(detector.extractor.state_dict())
+        rows_detector.extractor.load_state_dict({k.removeprefix("extractor."): v for k, v in detector_weights.items() if k.startswith("extractor.")})
         rows_detector.templates.load_state_dict(rows_generator.state_dict())
     else:
         rows_generator.load_state_dict(generator.state_dict())
-        rows_detector.load_state_dict(detector.state_dict())
+        rows_detector.load_state_dict(detector_weights)
     metadata = {**(config.get("metadata") or {}), "derived": {"from": args.source, **changes, **front_end, "script": "scripts/derive_mini_rows.py"}}
     save_checkpoint(args.out, generator=rows_generator, detector=rows_detector, metadata=metadata)
     print(f"{args.out}: {args.source} with row-constant tiles" + (f", read from row means over {args.row_window} rows" if args.row_window else ""))

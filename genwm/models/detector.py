@@ -62,8 +62,9 @@ class DetectorConfig:
     # (odd) replaces it with a fixed one, the grey image's mean along each row minus that
     # profile's own moving average over k rows, the same for every column and channel. Row
     # means are all a row-constant mark can be read from; the extractor, learned for a 2-D mark,
-    # favours the highest frequencies, where the mini world's models keep least of it
-    # (docs/BENCHMARKS.md, "A front end made for the profile").
+    # favours the highest frequencies. Which of the two reads personalized models' images
+    # better differs from subject to subject (docs/BENCHMARKS.md, "A front end made for the
+    # profile").
     row_window: int = 0
     # Where one subject's personalized models draw the mark, as phase 2 found it (genwm.finetune
     # .locate): {"scale": relative to canonical, "weights": T*T numbers, one per shift of the
