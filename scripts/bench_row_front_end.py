@@ -21,15 +21,10 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from bench_generated_mark import d_prime, load
 from genwm.calibration import rank_p_value
-from genwm.data import list_images
-from genwm.finetune import load_image
 from genwm.keys import key_bits, null_key_bits
 from genwm.models import Detector, DetectorConfig
-
-
-def load(folder: Path) -> torch.Tensor:
-    return torch.stack([load_image(path) for path in list_images(folder)])
 
 
 def front_ends(checkpoint, windows) -> dict[str, Detector]:
@@ -46,10 +41,6 @@ def front_ends(checkpoint, windows) -> dict[str, Detector]:
 def shift0_z(detector: Detector, images: torch.Tensor, spectrum: torch.Tensor) -> np.ndarray:
     """[N, K]: each key's summed correlation at shift 0, scale 1, as a z-score over the shifts."""
     return detector.shift_z(detector.residual(images), spectrum, 1.0)[:, :, 0].numpy()
-
-
-def d_prime(marked: np.ndarray, clean: np.ndarray) -> float:
-    return float((marked.mean() - clean.mean()) / np.sqrt((marked.var(ddof=1) + clean.var(ddof=1)) / 2))
 
 
 def main():
@@ -76,7 +67,7 @@ def main():
                 spectrum = d.template_spectrum(d.templates(bits)[None])
                 zm, zc = shift0_z(d, marked, spectrum), shift0_z(d, clean, spectrum)
                 aucs = np.array([roc_auc_score(labels, np.r_[zm[:, k], zc[:, k]]) for k in range(len(bits))])
-                print(f"| {work.parent.parent.name} {marked_dir.name.replace('-watermarked', '')} | {name} | {aucs[0]:.3f} | {d_prime(zm[:, 0], zc[:, 0]):+.2f} | "
+                print(f"| {work.parent.parent.name} {marked_dir.name.replace('-watermarked', '')} | {name} | {aucs[0]:.3f} | {d_prime(zm[:, :1], zc[:, :1])[0]:+.2f} | "
                       f"{np.median(aucs[1:]):.3f}, {aucs[1:].std():.3f} | {rank_p_value(aucs[0], aucs[1:]):.3f} |", flush=True)
 
 
