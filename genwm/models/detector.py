@@ -83,11 +83,6 @@ class DetectorConfig:
 
     def __post_init__(self):
         self.scale_range = tuple(self.scale_range)
-        if self.row_window:
-            if self.row_window < 3 or self.row_window % 2 == 0:
-                raise ValueError(f"row_window: an odd number of rows >= 3 (or 0 for the learned front end), got {self.row_window}")
-            if not (self.template.get("rows") if isinstance(self.template, dict) else self.template.rows):
-                raise ValueError("row_window reads row means, which only a row-constant mark (template rows: true) survives")
         if self.located is not None:
             weights = [float(w) for w in self.located["weights"]]
             if len(weights) != self.tile**2 or not any(weights):
@@ -104,6 +99,11 @@ class DetectorConfig:
             self.located = located
         if isinstance(self.template, GeneratorConfig):
             self.template = self.template.to_dict()
+        if self.row_window:
+            if self.row_window < 3 or self.row_window % 2 == 0:
+                raise ValueError(f"row_window: an odd number of rows >= 3 (or 0 for the learned front end), got {self.row_window}")
+            if not self.generator_config.rows:
+                raise ValueError("row_window reads row means, which only a row-constant mark (template rows: true) survives")
 
     @property
     def generator_config(self) -> GeneratorConfig:
