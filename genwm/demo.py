@@ -166,7 +166,8 @@ def run_demo(out, config_path=DEFAULT_CONFIG, subject_index: int | None = None, 
 
     ev = demo.get("evaluate") or {}
     set_size = demo.get("set_size", 8)
-    evaluation = run_evaluation(work, key, EvaluateConfig(unknown_method=ev.get("unknown_method"), unseen_prompts=ev.get("unseen_prompts"), control=ev.get("control", True), n_images=ev.get("n_images"), set_size=set_size))
+    offsets = {k: tuple(ev[k]) for k in ("test_seed_offsets", "control_seed_offsets") if ev.get(k)}
+    evaluation = run_evaluation(work, key, EvaluateConfig(unknown_method=ev.get("unknown_method"), unseen_prompts=ev.get("unseen_prompts"), control=ev.get("control", True), n_images=ev.get("n_images"), set_size=set_size, **offsets))
     known = evaluation["settings"]["known"]["test_provenance"]
     dirs = {side: [p["dir"] for p in known[side]] for side in SIDES}
 

@@ -287,11 +287,17 @@ def write_report(report: dict, out, title: str) -> None:
 
 @dataclass
 class EvaluateConfig:
-    test_seed_offset: int = 1000  # test models: protect's seeds + this
+    # Test models: protect's seeds + each of these. With one test model a side, the per-image
+    # numbers rest on how much of the mark that one model happened to keep, and the control on
+    # how two clean models' textures happen to differ; more a side average over models.
+    test_seed_offsets: tuple = (1000,)
     unknown_method: str | None = None  # None: the first method protect did not use; "" skips the setting
     unseen_prompts: str | None = None  # None: configs/prompts/unseen.txt
     control: bool = True
-    control_seed_offsets: tuple = (2000, 3000)  # the control's pseudo-watermarked sides: fine-tuning, test
+    # The control's pseudo-watermarked sides: the first for fine-tuning, the rest for testing
+    # (as many as test_seed_offsets, so the control's test compares as many models a side);
+    # None: 2000, then each test offset + 2000.
+    control_seed_offsets: tuple | None = None
     n_images: int | None = None  # per model; None: as protect
     set_size: int = 8  # the key test's sets: this many images of one model
 
@@ -320,11 +326,17 @@ def run_evaluation(work, key: str, config: EvaluateConfig | None = None) -> dict
     overlap = set(read_prompts(seen)) & set(read_prompts(unseen))
     if overlap:
         raise ValueError(f"{unseen}: shares prompts with {seen} ({sorted(overlap)[0]!r}); unseen prompts must be new")
-    offsets = [0, config.test_seed_offset, *(config.control_seed_offsets if config.control else ())]
+    test_offsets = list(config.test_seed_offsets)
+    control_offsets = list(config.control_seed_offsets) if config.control_seed_offsets is not None else [2000, *(o + 2000 for o in test_offsets)]
+    if not test_offsets:
+        raise ValueError("test_seed_offsets: at least one offset is needed")
+    if config.control and len(control_offsets) != 1 + len(test_offsets):
+        raise ValueError(f"control_seed_offsets: one for fine-tuning and one per test offset ({1 + len(test_offsets)}), got {control_offsets}")
+    offsets = [0, *test_offsets, *(control_offsets if config.control else ())]
     seed_sets = [{s + o for s in pc.seeds} for o in offsets]
     if sum(len(x) for x in seed_sets) != len(set().union(*seed_sets)):
         raise ValueError(f"model seeds must not repeat across roles: protect's {pc.seeds} shifted by test/control offsets {offsets[1:]} collide")
-    test_seeds = [s + config.test_seed_offset for s in pc.seeds]
+    test_seeds = [s + o for o in test_offsets for s in pc.seeds]
     unknown = config.unknown_method
     if unknown is None:
         unknown = next((m for m in METHODS if m not in pc.methods), "")
@@ -344,13 +356,13 @@ def run_evaluation(work, key: str, config: EvaluateConfig | None = None) -> dict
 
     control = None
     if config.control:
-        fine_off, test_off = config.control_seed_offsets
+        fine_off, *test_offs = control_offsets
         # Fine-tuning: protect's clean models (label 0) vs more clean models (label 1).
         a = [images(m, "clean", s, seen, "seen") for m in pc.methods for s in pc.seeds]
         b = [images(m, "clean", s + fine_off, seen, "seen") for m in pc.methods for s in pc.seeds]
-        # Test: the known setting's clean models vs yet more clean models.
+        # Test: the known setting's clean models vs as many more clean models.
         c = known["clean"]
-        d = [images(m, "clean", s + test_off, seen, "seen") for m in pc.methods for s in pc.seeds]
+        d = [images(m, "clean", s + o, seen, "seen") for m in pc.methods for o in test_offs for s in pc.seeds]
         control_detector = out / "control_detector"
         finetune_detector(a, b, record["detector_source"], control_detector, key, P.finetune_config(pc), extra_metadata={"control": True}, covariate_dirs=P.key_test_covariates(work, a))
         settings["control"] = evaluate_sets(control_detector, key, c, d, "control", set_size=config.set_size)
@@ -364,7 +376,8 @@ def run_evaluation(work, key: str, config: EvaluateConfig | None = None) -> dict
         "key_fingerprint": key_fingerprint(key),
         "config": config.to_dict(),
         "fine_tuning": {"methods": pc.methods, "seeds": pc.seeds, "prompts": str(seen)},
-        "test": {"seeds": test_seeds, "unknown_method": unknown or None, "unseen_prompts": str(unseen)},
+        "test": {"seeds": test_seeds, "unknown_method": unknown or None, "unseen_prompts": str(unseen),
+                 "control_seeds": {"fine_tuning": [s + control_offsets[0] for s in pc.seeds], "test": [s + o for o in control_offsets[1:] for s in pc.seeds]} if config.control else None},
         "control": control,
         "summary": {name: {k: r["metrics"][k] for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr", "n_clean", "n_watermarked")} for name, r in settings.items()},
         "settings": settings,

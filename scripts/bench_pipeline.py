@@ -11,6 +11,8 @@ For each subject, in one work folder per variant:
 - "genwm-profile": the same with a row-constant mark one image high (configs/demo-profile.yaml);
 - "genwm-profile-strong": the profile at 1.1 times its strength (configs/demo-profile-strong.yaml);
 - "genwm-profile-rowmeans": the profile mark read from row means (configs/demo-profile-rowmeans.yaml);
+- "genwm-profile-2test", "genwm-profile-rowmeans-2test": those two tested on two models a side
+  (configs/demo-profile-2test.yaml, configs/demo-profile-rowmeans-2test.yaml);
 - "genwm-rows-partial", "genwm-profile-partial": those marks on 1/4 of the subject's photos;
 - "dwtDct", "rivaGan": invisible-watermark's marks (a 32-bit message from the key) through the
   same personalization and synthesis; scored by the fraction of the message their decoder
@@ -51,8 +53,11 @@ VARIANT_CONFIGS = {
     "genwm-profile": CONFIGS / "demo-profile.yaml",
     "genwm-profile-strong": CONFIGS / "demo-profile-strong.yaml",
     "genwm-profile-rowmeans": CONFIGS / "demo-profile-rowmeans.yaml",
+    "genwm-profile-2test": CONFIGS / "demo-profile-2test.yaml",
+    "genwm-profile-rowmeans-2test": CONFIGS / "demo-profile-rowmeans-2test.yaml",
 }
-SAME_MARK = {"genwm-profile-rowmeans": "genwm-profile"}  # variant -> the variant whose G (and so marked photos) it shares
+# variant -> the variant whose G (and so marked photos) it shares, and whose models it links
+SAME_MARK = {"genwm-profile-rowmeans": "genwm-profile", "genwm-profile-2test": "genwm-profile", "genwm-profile-rowmeans-2test": "genwm-profile-2test"}
 PARTIAL = 0.25
 NULL_MESSAGES = 999  # the baselines' key test: its smallest p is 1 / (1 + this)
 

@@ -201,11 +201,29 @@ def test_protect_then_evaluate_end_to_end(tmp_path):
     assert {p["method"] for p in unknown["clean"] + unknown["watermarked"]} == {"textual-inversion"}
     assert {p["prompt_set"] for p in unknown["clean"]} == {"unseen"}
     assert {p["model_seed"] for p in report["settings"]["known"]["test_provenance"]["clean"]} == {1000}
+    assert report["test"]["control_seeds"] == {"fine_tuning": [2000], "test": [3000]}
     # The control never saw a watermark: both of its sides come from clean-trained models.
     control = Detector.from_pretrained(work / "evaluation" / "control_detector").checkpoint_config["metadata"]
     assert all("-clean-" in p["dir"] for side in ("clean", "watermarked") for p in control["provenance"][side])
     assert report["control"]["band"][0] < 0.5 < report["control"]["band"][1]
     assert (work / "evaluation" / "roc.png").is_file() and (work / "evaluation" / "evaluation.json").is_file()
+
+    # Two test models a side: each setting's test sides hold both seeds, and the control's test
+    # compares the known clean models with as many more clean ones; the seed-1000 models are reused.
+    with pytest.raises(ValueError, match="one per test offset"):
+        run_evaluation(work, KEY, EvaluateConfig(unknown_method="", test_seed_offsets=(1000, 4000), control_seed_offsets=(2000, 3000)))
+    with pytest.raises(ValueError, match="must not repeat"):
+        run_evaluation(work, KEY, EvaluateConfig(unknown_method="", test_seed_offsets=(1000, 3000)))  # the control's default for 1000, 3000, is a test offset
+    report = run_evaluation(work, KEY, EvaluateConfig(unknown_method="", test_seed_offsets=(1000, 4000), control_seed_offsets=(2000, 3000, 5000)))
+    known = report["settings"]["known"]
+    for side in ("clean", "watermarked"):
+        assert sorted(p["model_seed"] for p in known["test_provenance"][side]) == [1000, 4000]
+    assert known["metrics"]["n_clean"] == known["metrics"]["n_watermarked"] == 12  # 6 images of each of 2 models
+    control = report["settings"]["control"]["test_provenance"]
+    assert sorted(p["model_seed"] for p in control["clean"]) == [1000, 4000]
+    assert sorted(p["model_seed"] for p in control["watermarked"]) == [3000, 5000]
+    assert report["test"]["control_seeds"] == {"fine_tuning": [2000], "test": [3000, 5000]}
+    assert all("-clean-" in p["dir"] for side in ("clean", "watermarked") for p in control[side])
 
 
 def test_cli_finetune_detector_and_evaluate(toy, tmp_path):

@@ -199,7 +199,7 @@ def run_evaluate(args) -> int:
     if args.work:
         if args.detector or args.clean or args.watermarked:
             raise ValueError("--work runs the whole evaluation; do not combine it with --detector/--clean/--watermarked")
-        config = EvaluateConfig(unknown_method=args.unknown_method, unseen_prompts=args.unseen_prompts, control=not args.no_control, n_images=args.n, test_seed_offset=args.test_seed_offset, set_size=args.set_size)
+        config = EvaluateConfig(unknown_method=args.unknown_method, unseen_prompts=args.unseen_prompts, control=not args.no_control, n_images=args.n, test_seed_offsets=tuple(args.test_seed_offset), control_seed_offsets=tuple(args.control_seed_offsets) if args.control_seed_offsets else None, set_size=args.set_size)
         report = run_evaluation(args.work, key, config)
         where = Path(args.work) / "evaluation"
     else:
@@ -287,7 +287,8 @@ def register(subparsers) -> None:
     p.add_argument("--unseen-prompts", help="prompts for the unknown setting (default configs/prompts/unseen.txt)")
     p.add_argument("--no-control", action="store_true", help="skip the no-watermark control")
     p.add_argument("--n", type=int, help="images per test model (default: as protect)")
-    p.add_argument("--test-seed-offset", type=int, default=1000, help="test model seeds = protect's seeds + this")
+    p.add_argument("--test-seed-offset", type=int, nargs="+", default=[1000], help="test model seeds = protect's seeds + each of these (one model a side per offset)")
+    p.add_argument("--control-seed-offsets", type=int, nargs="+", help="the control's second clean models: one offset for fine-tuning, then one per test offset (default: 2000, then each test offset + 2000)")
     p.add_argument("--detector", help="score given folders with this detector instead of --work")
     p.add_argument("--clean", nargs="+", help="folders of S to test on")
     p.add_argument("--watermarked", nargs="+", help="folders of S_w to test on")
