@@ -288,7 +288,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-control", action="store_true", help="skip the no-watermark control")
     p.add_argument("--n", type=int, help="images per test model (default: as protect)")
     p.add_argument("--test-seed-offset", type=int, nargs="+", default=[1000], help="test model seeds = protect's seeds + each of these (one model a side per offset)")
-    p.add_argument("--control-seed-offsets", type=int, nargs="+", help="the control's second clean models: one offset for fine-tuning, then one per test offset (default: 2000, then each test offset + 2000)")
+    p.add_argument("--control-seed-offsets", type=int, nargs="+", help="the control's second clean models: one offset for fine-tuning, then one per test offset; when unset, 2000 and then each test offset + 2000")
     p.add_argument("--detector", help="score given folders with this detector instead of --work")
     p.add_argument("--clean", nargs="+", help="folders of S to test on")
     p.add_argument("--watermarked", nargs="+", help="folders of S_w to test on")
