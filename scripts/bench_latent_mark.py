@@ -9,7 +9,7 @@ optimised per photo through the VAE (projected gradient ascent at the same RMS):
     gain = <profile(RT(x + d)) - profile(RT(x)), m> / <m, m>
 
 where RT is the encode-decode round trip and m the key's profile. The photos are subjects
-never used in the benchmarks (by default 5-9), so nothing here is tuned on them.
+never used in the benchmarks (by default 5-9).
 
     python scripts/bench_latent_mark.py --checkpoint checkpoints/genwm-mini-profile --model checkpoints/genwm-mini-sd
 """
@@ -67,9 +67,7 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(0)
     generator, _, _ = load_checkpoint(args.checkpoint)
-    vae = load_frozen_vae(args.model)
-    for p in vae.parameters():
-        p.requires_grad_(False)
+    vae = load_frozen_vae(args.model)  # frozen: gradients flow to the perturbation only
     bits = key_bits(args.key, generator.config.n_bits)[None]
     print("| subject | PSNR, plain / optimised dB | gain, plain mark | gain, optimised | the photo's own reading, optimised | latent change, optimised / plain |")
     print("|---|---|---|---|---|---|")
