@@ -23,9 +23,9 @@ REPORT = "report.json"
 
 def load_demo_config(path) -> dict:
     """The demo's own section (`demo:`); the rest of the file is a protect config."""
-    import yaml
+    from genwm.protect import read_config_file
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = read_config_file(path)
     demo = dict(data.get("demo") or {})
     demo["evaluate"] = dict(demo.get("evaluate") or {})
     # Paths are relative to the source tree, so the demo runs from any folder.

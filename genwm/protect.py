@@ -73,24 +73,48 @@ class ProtectConfig:
             raise ValueError(f"seeds must be distinct: {self.seeds}")
 
 
+def read_config_file(path, _seen: tuple = ()) -> dict:
+    """A YAML config file's sections. `extends: OTHER.yaml` (relative to the file) reads that
+    file first and lays this one over it, mapping by mapping (a list or a value replaces), so
+    a variant config holds only what it changes."""
+    import yaml
+
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ValueError(f"{path}: extends itself (through {' -> '.join(str(p) for p in _seen)})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+
+    def laid_over(under: dict, over: dict) -> dict:
+        out = dict(under)
+        for k, v in over.items():
+            out[k] = laid_over(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    return laid_over(read_config_file(path.parent / base, (*_seen, path.resolve())), data)
+
+
 def load_protect_config(yaml_path=None, synthesis: dict | None = None, finetune: dict | None = None, personalize: dict | None = None, other_sections=(), **overrides) -> ProtectConfig:
     """Defaults, then a YAML file's sections (`protect:`, `synthesis:`, `finetune:`, and the
     personalization sections `common:`, `dreambooth:`, `lora:`, `textual-inversion:`), then
     keyword overrides: ProtectConfig fields, and dicts for the sampler, the fine-tuning and
     the personalization sections. None values are ignored. Sections named in other_sections
-    belong to another reader of the same file (e.g. `demo:`) and are skipped."""
-    import yaml
-
+    belong to another reader of the same file (e.g. `demo:`) and are skipped. The file may
+    extend another (read_config_file)."""
     data = {}
     if yaml_path is not None:
-        try:
-            data = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{yaml_path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"{yaml_path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        data = read_config_file(yaml_path)
         known = {"protect", "synthesis", "finetune", "common", *PERSONALIZE_SECTIONS, *other_sections}
-        if not isinstance(data, dict) or set(data) - known:
+        if set(data) - known:
             raise ValueError(f"{yaml_path}: expected sections among {', '.join(sorted(known))}")
 
     def merged(section: str, extra: dict | None) -> dict:

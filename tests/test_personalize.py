@@ -251,3 +251,37 @@ def test_shipped_configs_load_for_every_method(name):
     for method in ("dreambooth", "textual-inversion", "lora"):
         assert make_config(method, path).identifier == "sks"
     assert load_protect_config(path).n_images > 0
+
+
+def test_a_config_file_extends_another_mapping_by_mapping(tmp_path):
+    from genwm.protect import load_protect_config
+
+    (tmp_path / "base.yaml").write_text("protect: {n_images: 7, methods: [lora]}\nfinetune: {epochs: 3, batch_size: 4}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nprotect: {methods: [dreambooth]}\nfinetune: {epochs: 5}\n")
+    config = load_protect_config(tmp_path / "child.yaml")
+    assert (config.n_images, config.methods, config.finetune.epochs, config.finetune.batch_size) == (7, ["dreambooth"], 5, 4)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="a.yaml: extends itself"):
+        load_protect_config(tmp_path / "a.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: gone.yaml\n")
+    with pytest.raises(FileNotFoundError, match="gone.yaml: config file not found"):
+        load_protect_config(tmp_path / "orphan.yaml")
+
+
+def test_shipped_profile_variants_change_only_what_they_say():
+    from pathlib import Path
+
+    from genwm.demo import load_demo_config, protect_config_for
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    base = load_demo_config(configs / "demo-profile.yaml")
+    two = load_demo_config(configs / "demo-profile-2test.yaml")
+    assert two["evaluate"] == {**base["evaluate"], "test_seed_offsets": [1000, 4000], "control_seed_offsets": [2000, 3000, 5000]}
+    assert {k: v for k, v in two.items() if k != "evaluate"} == {k: v for k, v in base.items() if k != "evaluate"}
+    rowmeans_two = load_demo_config(configs / "demo-profile-rowmeans-2test.yaml")
+    assert rowmeans_two == {**two, "checkpoint": load_demo_config(configs / "demo-profile-rowmeans.yaml")["checkpoint"]}
+    assert rowmeans_two["checkpoint"].endswith("genwm-mini-profile-rowmeans")
+    strong, plain = (protect_config_for(configs / f, 0, {}) for f in ("demo-profile-strong.yaml", "demo-profile.yaml"))
+    assert (strong.strength, plain.strength) == (1.1, 1.0)
+    assert strong.finetune == plain.finetune and strong.personalize == plain.personalize
