@@ -23,7 +23,7 @@ REPORT = "report.json"
 
 def load_demo_config(path) -> dict:
     """The demo's own section (`demo:`); the rest of the file is a protect config."""
-    from genwm.protect import read_config_file
+    from genwm.config_file import read_config_file
 
     data = read_config_file(path)
     demo = dict(data.get("demo") or {})

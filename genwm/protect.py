@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genwm import atomic
+from genwm.config_file import read_config_file
 from genwm.finetune import FinetuneConfig, finetune_detector
 from genwm.keys import key_fingerprint
 from genwm.personalize import make_config, method_module, personalize
@@ -71,36 +72,6 @@ class ProtectConfig:
             method_config(self, name, 0)  # unknown options fail now, not after hours of training
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct: {self.seeds}")
-
-
-def read_config_file(path, _seen: tuple = ()) -> dict:
-    """A YAML config file's sections. `extends: OTHER.yaml` (relative to the file) reads that
-    file first and lays this one over it, mapping by mapping (a list or a value replaces), so
-    a variant config holds only what it changes."""
-    import yaml
-
-    path = Path(path)
-    if path.resolve() in _seen:
-        raise ValueError(f"{path}: extends itself (through {' -> '.join(str(p) for p in _seen)})")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections")
-    base = data.pop("extends", None)
-    if base is None:
-        return data
-
-    def laid_over(under: dict, over: dict) -> dict:
-        out = dict(under)
-        for k, v in over.items():
-            out[k] = laid_over(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        return out
-
-    return laid_over(read_config_file(path.parent / base, (*_seen, path.resolve())), data)
 
 
 def load_protect_config(yaml_path=None, synthesis: dict | None = None, finetune: dict | None = None, personalize: dict | None = None, other_sections=(), **overrides) -> ProtectConfig:

@@ -285,3 +285,5 @@ def test_shipped_profile_variants_change_only_what_they_say():
     strong, plain = (protect_config_for(configs / f, 0, {}) for f in ("demo-profile-strong.yaml", "demo-profile.yaml"))
     assert (strong.strength, plain.strength) == (1.1, 1.0)
     assert strong.finetune == plain.finetune and strong.personalize == plain.personalize
+    # the personalization commands read an extending file's sections through the same reader
+    assert make_config("dreambooth", configs / "demo-profile-2test.yaml").max_train_steps == make_config("dreambooth", configs / "demo.yaml").max_train_steps == 1000

@@ -115,18 +115,11 @@ def coerce(name: str, value, default):
 def load_yaml_options(path, section: str) -> dict:
     """Options for `section` from a YAML file: its `common:` mapping, then its `section:` one.
 
-    A file without sections is read as one flat mapping of options."""
-    import yaml
+    A file without sections is read as one flat mapping of options; a file may extend another
+    (genwm.config_file)."""
+    from genwm.config_file import read_config_file
 
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of options at the top level")
+    data = read_config_file(path)
     if not any(isinstance(v, dict) for v in data.values()):
         return data
     options = dict(data.get("common") or {})
