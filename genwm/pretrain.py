@@ -177,16 +177,11 @@ def load_pretrain_config(path=None, **overrides) -> dict:
     (dotted names, e.g. {"trainer.max_steps": 20}; None values ignored)."""
     import copy
 
-    import yaml
+    from genwm.config_file import read_config_file
 
     config = copy.deepcopy(DEFAULT_CONFIG)
     if path is not None:
-        try:
-            data = yaml.safe_load(open(path)) or {}
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        data = read_config_file(path)
         unknown = sorted(set(data) - set(DEFAULT_CONFIG))
         if unknown:
             raise ValueError(f"{path}: unknown section(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_CONFIG)}")
