@@ -1,5 +1,5 @@
 """Reading genwm's YAML config files: one reader for every section a file holds, so a file that
-extends another reads the same to the protect, demo and personalization commands."""
+extends another reads the same to the protect, demo, personalization and pretrain commands."""
 from pathlib import Path
 
 
