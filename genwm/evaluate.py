@@ -332,11 +332,14 @@ def run_evaluation(work, key: str, config: EvaluateConfig | None = None) -> dict
         raise ValueError("test_seed_offsets: at least one offset is needed")
     if config.control and len(control_offsets) != 1 + len(test_offsets):
         raise ValueError(f"control_seed_offsets: one for fine-tuning and one per test offset ({1 + len(test_offsets)}), got {control_offsets}")
+    def shifted(offsets) -> list[int]:
+        return [s + o for o in offsets for s in pc.seeds]
+
     offsets = [0, *test_offsets, *(control_offsets if config.control else ())]
-    seed_sets = [{s + o for s in pc.seeds} for o in offsets]
+    seed_sets = [set(shifted([o])) for o in offsets]
     if sum(len(x) for x in seed_sets) != len(set().union(*seed_sets)):
         raise ValueError(f"model seeds must not repeat across roles: protect's {pc.seeds} shifted by test/control offsets {offsets[1:]} collide")
-    test_seeds = [s + o for o in test_offsets for s in pc.seeds]
+    test_seeds = shifted(test_offsets)
     unknown = config.unknown_method
     if unknown is None:
         unknown = next((m for m in METHODS if m not in pc.methods), "")
@@ -356,13 +359,12 @@ def run_evaluation(work, key: str, config: EvaluateConfig | None = None) -> dict
 
     control = None
     if config.control:
-        fine_off, *test_offs = control_offsets
         # Fine-tuning: protect's clean models (label 0) vs more clean models (label 1).
         a = [images(m, "clean", s, seen, "seen") for m in pc.methods for s in pc.seeds]
-        b = [images(m, "clean", s + fine_off, seen, "seen") for m in pc.methods for s in pc.seeds]
+        b = [images(m, "clean", s, seen, "seen") for m in pc.methods for s in shifted(control_offsets[:1])]
         # Test: the known setting's clean models vs as many more clean models.
         c = known["clean"]
-        d = [images(m, "clean", s + o, seen, "seen") for m in pc.methods for o in test_offs for s in pc.seeds]
+        d = [images(m, "clean", s, seen, "seen") for m in pc.methods for s in shifted(control_offsets[1:])]
         control_detector = out / "control_detector"
         finetune_detector(a, b, record["detector_source"], control_detector, key, P.finetune_config(pc), extra_metadata={"control": True}, covariate_dirs=P.key_test_covariates(work, a))
         settings["control"] = evaluate_sets(control_detector, key, c, d, "control", set_size=config.set_size)
@@ -377,7 +379,7 @@ def run_evaluation(work, key: str, config: EvaluateConfig | None = None) -> dict
         "config": config.to_dict(),
         "fine_tuning": {"methods": pc.methods, "seeds": pc.seeds, "prompts": str(seen)},
         "test": {"seeds": test_seeds, "unknown_method": unknown or None, "unseen_prompts": str(unseen),
-                 "control_seeds": {"fine_tuning": [s + control_offsets[0] for s in pc.seeds], "test": [s + o for o in control_offsets[1:] for s in pc.seeds]} if config.control else None},
+                 "control_seeds": {"fine_tuning": shifted(control_offsets[:1]), "test": shifted(control_offsets[1:])} if config.control else None},
         "control": control,
         "summary": {name: {k: r["metrics"][k] for k in ("accuracy", "roc_auc", "tpr_at_1pct_fpr", "n_clean", "n_watermarked")} for name, r in settings.items()},
         "settings": settings,
