@@ -30,26 +30,27 @@ def grey_profile(images: torch.Tensor) -> torch.Tensor:
     return p - p.mean(dim=1, keepdim=True)
 
 
+def share(profile: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Per image: how much of profile m the profile carries (its projection on m, over |m|^2)."""
+    return (profile * m).sum(1) / (m * m).sum(1)
+
+
 def gain(vae, x, xw, m) -> torch.Tensor:
     """Per image: how much of profile m the round trip's difference carries."""
-    d = grey_profile(vae_round_trip(vae, xw)) - grey_profile(vae_round_trip(vae, x))
-    return (d * m).sum(1) / (m * m).sum(1)
+    return share(grey_profile(vae_round_trip(vae, xw)) - grey_profile(vae_round_trip(vae, x)), m)
 
 
-def optimise(vae, x, mark, m, steps: int, lr: float, direct_weight: float):
-    """A perturbation per photo of the mark's RMS, maximising the round trip's gain (and, with
-    direct_weight, the photo's own reading of m too): projected gradient ascent, each step
-    along the normalised gradient, then back onto the sphere of the mark's RMS. The first step
+def optimise(vae, x, mark, m, steps: int, lr: float):
+    """A perturbation per photo of the mark's RMS, maximising the round trip's gain: projected
+    gradient ascent, each step along the normalised gradient, then back onto the sphere of the
+    mark's RMS. The first step
     from zero is the linearised optimum, the direction J^T m of the round trip's Jacobian."""
     rms = mark.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
     unit = lambda t: t / t.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
     d = torch.zeros_like(mark)
     for i in range(steps):
         d.requires_grad_(True)
-        xw = (x + d).clamp(0, 1)
-        g = gain(vae, x, xw, m)
-        direct = (grey_profile(xw - x) * m).sum(1) / (m * m).sum(1)
-        (grad,) = torch.autograd.grad((g + direct_weight * direct).sum(), d)
+        (grad,) = torch.autograd.grad(gain(vae, x, (x + d).clamp(0, 1), m).sum(), d)
         with torch.no_grad():
             d = rms * unit(d + (lr if i else 1.0) * rms * unit(grad))
     return d.detach()
@@ -63,9 +64,7 @@ def main():
     ap.add_argument("--key", default="latent-mark")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--lr", type=float, default=0.3, help="step, relative to the mark's RMS")
-    ap.add_argument("--direct-weight", type=float, default=0.0)
     args = ap.parse_args()
-    torch.manual_seed(0)
     generator, _, _ = load_checkpoint(args.checkpoint)
     vae = load_frozen_vae(args.model)  # frozen: gradients flow to the perturbation only
     bits = key_bits(args.key, generator.config.n_bits)[None]
@@ -77,11 +76,11 @@ def main():
             mark = generator.embed(x, bits.expand(len(x), -1)) - x
             m = grey_profile(mark)
             g0 = gain(vae, x, x + mark, m)
-        d = optimise(vae, x, mark, m, args.steps, args.lr, args.direct_weight)
+        d = optimise(vae, x, mark, m, args.steps, args.lr)
         with torch.no_grad():
             xw = (x + d).clamp(0, 1)
             g1 = gain(vae, x, xw, m)
-            direct = (grey_profile(xw - x) * m).sum(1) / (m * m).sum(1)
+            direct = share(grey_profile(xw - x), m)
             z = lambda t: vae.encode(t * 2 - 1).latent_dist.mean
             dz1 = (z(xw) - z(x)).pow(2).mean().sqrt()
             dz0 = (z((x + mark).clamp(0, 1)) - z(x)).pow(2).mean().sqrt()
