@@ -20,7 +20,10 @@ generated images, and its per-image signal-to-noise ratio (shift over the images
 Beside the d' of the rings' sum (the correlation at shift 0, before the z-score divides it by
 the map's spread) it prints sqrt(sum of the rings' squared SNRs), the d' of the best weighing
 of the rings for these very images (an in-sample upper bound for any reweighing of
-frequencies, such as a whitening fitted in phase 2).
+frequencies, such as a whitening fitted in phase 2). Then, out of sample: each ring weighed by
+its shift over its pooled variance (a diagonal discriminant) as fitted on the pair of the
+lowest model seed (phase 2's own: test and control seeds are offsets above it), applied to
+every other pair; the per-image AUC and d' of that reading beside the rings' plain sum's.
 """
 import argparse
 from pathlib import Path
@@ -94,6 +97,21 @@ def by_frequency(detector: Detector, work: Path, bits: torch.Tensor) -> None:
         print(f"| {r} | {share[j]:.3f} | " + " | ".join(cells) + " |")
     print("| d' of the shift-0 correlation / of the best weighing of the rings (in-sample) | | " + " | ".join(
         f"{d_prime(m.sum(1, keepdims=True), c.sum(1, keepdims=True))[0]:.2f} / {np.sqrt(np.sum(d_prime(m, c) ** 2)):.2f}" for _, m, c in pairs) + " |")
+    fit_name, fit_m, fit_c = min(pairs, key=lambda p: model_seed(p[0]))
+    pooled = (fit_m.var(0, ddof=1) + fit_c.var(0, ddof=1)) / 2
+    weights = (fit_m.mean(0) - fit_c.mean(0)) / np.maximum(pooled, 1e-12)
+    print(f"\nRings weighed as fitted on {fit_name}, read on the other pairs (per-image AUC and d'):\n")
+    print("| pair | AUC, rings' sum | AUC, weighed | d', rings' sum | d', weighed |")
+    print("|---|---|---|---|---|")
+    for name, m, c in pairs:
+        if name != fit_name:
+            plain, weighed = (m.sum(1), c.sum(1)), (m @ weights, c @ weights)
+            print(f"| {name} | {auc(*plain):.3f} | {auc(*weighed):.3f} | {d_prime(*plain):.2f} | {d_prime(*weighed):.2f} |")
+
+
+def model_seed(pair_name: str) -> int:
+    """The model seed in a pair's folder name (METHOD-seedN-PROMPTS)."""
+    return int(pair_name.split("-seed")[1].split("-")[0])
 
 
 def auc(marked: np.ndarray, clean: np.ndarray) -> float:

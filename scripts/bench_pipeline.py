@@ -13,6 +13,9 @@ For each subject, in one work folder per variant:
 - "genwm-profile-rowmeans": the profile mark read from row means (configs/demo-profile-rowmeans.yaml);
 - "genwm-profile-2test", "genwm-profile-rowmeans-2test": those two tested on two models a side
   (configs/demo-profile-2test.yaml, configs/demo-profile-rowmeans-2test.yaml);
+- "genwm-profile-band", "genwm-profile-band-2test": the profile mark at 5-14 cycles per image
+  height only, tested on one and on two models a side (configs/demo-profile-band.yaml,
+  configs/demo-profile-band-2test.yaml);
 - "genwm-rows-partial", "genwm-profile-partial": those marks on 1/4 of the subject's photos;
 - "dwtDct", "rivaGan": invisible-watermark's marks (a 32-bit message from the key) through the
   same personalization and synthesis; scored by the fraction of the message their decoder
@@ -55,9 +58,12 @@ VARIANT_CONFIGS = {
     "genwm-profile-rowmeans": CONFIGS / "demo-profile-rowmeans.yaml",
     "genwm-profile-2test": CONFIGS / "demo-profile-2test.yaml",
     "genwm-profile-rowmeans-2test": CONFIGS / "demo-profile-rowmeans-2test.yaml",
+    "genwm-profile-band": CONFIGS / "demo-profile-band.yaml",
+    "genwm-profile-band-2test": CONFIGS / "demo-profile-band-2test.yaml",
 }
 # variant -> the variant whose G (and so marked photos) it shares, and whose models it links
-SAME_MARK = {"genwm-profile-rowmeans": "genwm-profile", "genwm-profile-2test": "genwm-profile", "genwm-profile-rowmeans-2test": "genwm-profile-2test"}
+SAME_MARK = {"genwm-profile-rowmeans": "genwm-profile", "genwm-profile-2test": "genwm-profile", "genwm-profile-rowmeans-2test": "genwm-profile-2test",
+             "genwm-profile-band-2test": "genwm-profile-band"}
 PARTIAL = 0.25
 NULL_MESSAGES = 999  # the baselines' key test: its smallest p is 1 / (1 + this)
 

@@ -3,6 +3,7 @@
     python scripts/derive_mini_rows.py [--source checkpoints/genwm-mini] [--out checkpoints/genwm-mini-rows]
     python scripts/derive_mini_rows.py --tile 64 --band 16 --out checkpoints/genwm-mini-profile
     python scripts/derive_mini_rows.py --source checkpoints/genwm-mini-profile --row-window 9 --out checkpoints/genwm-mini-profile-rowmeans
+    python scripts/derive_mini_rows.py --tile 64 --band 14 --band-min 5 --out checkpoints/genwm-mini-profile-band
 
 The same weights as the source, with GeneratorConfig.rows set for G and for D's templates: each
 key's tile averaged along its rows (horizontal stripes, the tile's vertical profile), at the
@@ -28,13 +29,16 @@ def main():
     ap.add_argument("--tile", type=int, help="a new period (e.g. the image's height, for a profile that never repeats): G's "
                     "learned filter does not fit another tile, so it becomes flat up to --band cycles per tile")
     ap.add_argument("--band", type=int, help="with --tile: the highest frequency, in cycles per tile")
+    ap.add_argument("--band-min", type=int, help="with --tile: the lowest frequency, in cycles per tile (default: 1)")
     ap.add_argument("--row-window", type=int, default=0, help="D reads row means high-passed over this many rows (odd), not a learned front end")
     args = ap.parse_args()
     generator, detector, config = load_checkpoint(args.source)
     changes = {"rows": True}
     front_end = {"row_window": args.row_window} if args.row_window else {}
     if args.tile:
-        changes.update(tile=args.tile, band=args.band)
+        changes.update(tile=args.tile, band=args.band, band_min=args.band_min)
+    elif args.band_min:
+        ap.error("--band-min needs --tile (a new, flat filter)")
     rows_generator = WatermarkGenerator(GeneratorConfig(**{**generator.config.to_dict(), **changes}))
     detector_config = detector.config.to_dict()
     rows_detector = Detector(DetectorConfig(**{**detector_config, **front_end, "template": {**detector_config["template"], **changes}}))

@@ -282,6 +282,9 @@ def test_shipped_profile_variants_change_only_what_they_say():
     rowmeans_two = load_demo_config(configs / "demo-profile-rowmeans-2test.yaml")
     assert rowmeans_two == {**two, "checkpoint": load_demo_config(configs / "demo-profile-rowmeans.yaml")["checkpoint"]}
     assert rowmeans_two["checkpoint"].endswith("genwm-mini-profile-rowmeans")
+    band_two = load_demo_config(configs / "demo-profile-band-2test.yaml")
+    assert band_two == {**two, "checkpoint": load_demo_config(configs / "demo-profile-band.yaml")["checkpoint"]}
+    assert band_two["checkpoint"].endswith("genwm-mini-profile-band")
     strong, plain = (protect_config_for(configs / f, 0, {}) for f in ("demo-profile-strong.yaml", "demo-profile.yaml"))
     assert (strong.strength, plain.strength) == (1.1, 1.0)
     assert strong.finetune == plain.finetune and strong.personalize == plain.personalize

@@ -313,6 +313,38 @@ def test_lowpass_gain_keeps_the_mark_in_its_band():
     assert spectrum[~outside].pow(2).sum() > 0.99 * spectrum.pow(2).sum()
 
 
+def test_band_min_takes_the_lowest_frequencies_out_of_a_profile_mark(tmp_path):
+    """GeneratorConfig.band_min: a row-constant mark keeps no energy below band_min or above
+    band cycles per tile, at the same RMS, and its detector's template (from a checkpoint)
+    is the same band-passed mark, so the detector reads its own key's mark."""
+    from genwm.models import DetectorConfig
+
+    config = GeneratorConfig(tile=64, max_rms=0.011, canonical_size=64, band=14, band_min=5, mirror=True, rows=True)
+    g = WatermarkGenerator(config)
+    bits = key_bits("k", config.n_bits)[None]
+    with torch.no_grad():
+        tile = g(bits)[0, 0]
+    assert torch.equal(tile, tile[:, :1].expand_as(tile))
+    energy = torch.fft.rfft(tile[:, 0]).abs().pow(2)
+    assert energy[:5].sum() < 1e-9 * energy.sum() and energy[15:].sum() < 1e-9 * energy.sum()
+    assert tile.pow(2).mean().sqrt().item() == pytest.approx(0.011, rel=1e-4)
+    full = WatermarkGenerator(GeneratorConfig(**{**config.to_dict(), "band": 16, "band_min": None}))
+    with torch.no_grad():
+        full_energy = torch.fft.rfft(full(bits)[0, 0, :, 0]).abs().pow(2)
+    assert full_energy[1:5].sum() > 0.05 * full_energy.sum()  # the key's noise did have energy there
+    detector = Detector(DetectorConfig(template=config.to_dict(), block_periods=2, row_window=9))
+    detector.templates.load_state_dict(g.state_dict())
+    detector.set_located(1.0, torch.eye(64 * 64)[0].tolist())  # read where G drew it
+    save_checkpoint(tmp_path / "ck", generator=g, detector=detector)
+    g2, d2, saved = load_checkpoint(tmp_path / "ck")
+    assert saved["generator"]["band_min"] == 5 and d2.config.template["band_min"] == 5
+    with torch.no_grad():
+        assert torch.allclose(g2(bits), g(bits)) and torch.allclose(d2.templates(bits), g(bits))
+        photos = torch.stack([torch.from_numpy(smooth_photo(64, 64, seed=i)).permute(2, 0, 1).float() / 255 for i in range(8)])
+        own, clean = (d2.evidence(x, g(bits)[:, None])[:, 0] for x in (g.embed(photos, bits), photos))
+    assert own.mean() > clean.mean() + 2.5, (own, clean)
+
+
 def test_band_holds_whatever_the_gain_learns(tmp_path):
     """`band` is a constraint: gains above it have no effect, before and after any update,
     and it survives a checkpoint round trip (the detector's template too)."""

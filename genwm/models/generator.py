@@ -35,6 +35,11 @@ class GeneratorConfig:
     # Highest spatial frequency the mark may use, in cycles per tile (the larger of |kx| and
     # |ky|); None: all. Energy above it is lost to halving a photo and dilutes what survives.
     band: int | None = None
+    # Lowest frequency the mark may use, in cycles per tile; None: 1. Photos' and generated
+    # images' own content is strongest at the lowest frequencies (a 1/f spectrum), where the
+    # mini world's models keep the least of a profile mark per unit of its energy
+    # (docs/BENCHMARKS.md, "A profile mark off its lowest frequencies").
+    band_min: int | None = None
     # Tiles symmetric under a horizontal flip. Personalization trains on randomly mirrored
     # copies (random_flip in diffusers' and genwm's scripts); an asymmetric mark mirrored no
     # longer matches its template, so half of what a model learns of it would be lost.
@@ -85,9 +90,16 @@ def cycles_per_tile(tile: int, onesided: bool = False) -> torch.Tensor:
     return torch.maximum(k[:, None], kx[None])
 
 
-def lowpass_gain(tile: int, cutoff: int) -> torch.Tensor:
-    """A gain [T, T/2+1] for WatermarkGenerator: 1 up to `cutoff` cycles per tile, 0 above it."""
-    return (cycles_per_tile(tile, onesided=True) <= cutoff).float()
+def lowpass_gain(tile: int, cutoff: int | None, low: int | None = None) -> torch.Tensor:
+    """A gain [T, T/2+1] for WatermarkGenerator: 1 from `low` (None: 0) up to `cutoff` (None:
+    all) cycles per tile, 0 outside."""
+    c = cycles_per_tile(tile, onesided=True)
+    keep = torch.ones_like(c, dtype=torch.bool)
+    if cutoff is not None:
+        keep &= c <= cutoff
+    if low is not None:
+        keep &= c >= low
+    return keep.float()
 
 
 class WatermarkGenerator(nn.Module):
@@ -97,8 +109,7 @@ class WatermarkGenerator(nn.Module):
         t = config.tile
         # Gain per spatial frequency of the tile; all ones is white noise.
         self.gain = nn.Parameter(torch.ones(t, t // 2 + 1))
-        band = lowpass_gain(t, config.band) if config.band is not None else torch.ones(t, t // 2 + 1)
-        self.register_buffer("band_mask", band, persistent=False)
+        self.register_buffer("band_mask", lowpass_gain(t, config.band, config.band_min), persistent=False)
 
     def forward(self, bits: torch.Tensor) -> torch.Tensor:
         """bits [B, tile * tile] in {-1, +1} -> zero-mean grey tiles [B, 3, T, T], RMS = max_rms.
