@@ -26,7 +26,7 @@ from bench_watermark import attack, load_photos  # noqa: E402
 
 from genwm.images import to_float_rgb  # noqa: E402
 from genwm.models import Detector, GeneratorConfig, WatermarkGenerator  # noqa: E402
-from genwm.models.generator import lowpass_gain, pattern_scale  # noqa: E402
+from genwm.models.generator import band_gain, pattern_scale  # noqa: E402
 
 
 def unit_rms(tiles: torch.Tensor, rms: float) -> torch.Tensor:
@@ -38,7 +38,7 @@ def designs(n: int, t: int, rms: float, bands) -> dict[str, torch.Tensor]:
     grey = torch.randn(n, 1, t, t)
     out = {"colour white": unit_rms(torch.randn(n, 3, t, t), rms), "grey white": unit_rms(grey.expand(-1, 3, -1, -1), rms)}
     for kmax in bands:
-        low = torch.fft.irfft2(torch.fft.rfft2(grey) * lowpass_gain(t, kmax), s=(t, t))  # what G draws with that gain
+        low = torch.fft.irfft2(torch.fft.rfft2(grey) * band_gain(t, kmax), s=(t, t))  # what G draws with that gain
         out[f"grey k<={kmax}"] = unit_rms(low.expand(-1, 3, -1, -1), rms)
     return out
 

@@ -12,7 +12,7 @@ from PIL import Image
 from genwm.checkpoint import load_checkpoint, save_checkpoint
 from genwm.keys import key_bits, key_fingerprint
 from genwm.models import Detector, GeneratorConfig, WatermarkGenerator
-from genwm.models.generator import centre_crop_offset, cycles_per_tile, lowpass_gain
+from genwm.models.generator import band_gain, centre_crop_offset, cycles_per_tile
 from genwm.watermarker import Watermarker
 
 
@@ -303,10 +303,10 @@ def test_key_overlap_is_one_for_equal_tiles_and_small_for_random_ones():
     assert key_overlap(torch.randn(8, 3, 16, 16)).item() < 5 / (3 * 16 * 16)
 
 
-def test_lowpass_gain_keeps_the_mark_in_its_band():
+def test_band_gain_keeps_the_mark_in_its_band():
     tiles = WatermarkGenerator(GeneratorConfig(tile=16))
     with torch.no_grad():
-        tiles.gain.copy_(lowpass_gain(16, 4))
+        tiles.gain.copy_(band_gain(16, 4))
         spectrum = torch.fft.fft2(tiles(key_bits("k", 256)[None])[0, 0]).abs()
     outside = cycles_per_tile(16) > 4
     assert spectrum[outside].max().item() < 1e-6 * spectrum.max().item()
@@ -354,7 +354,7 @@ def test_band_holds_whatever_the_gain_learns(tmp_path):
     bits = key_bits("k", 256)[None]
     loss = g(bits)[0, 0, :, 1:].sub(g(bits)[0, 0, :, :-1]).pow(2).sum()  # pushes energy up the band
     loss.backward()
-    outside = lowpass_gain(16, 4) == 0
+    outside = band_gain(16, 4) == 0
     assert g.gain.grad[outside].abs().max().item() == 0.0
     save_checkpoint(tmp_path / "ck", generator=g, detector=Detector.for_generator(g), metadata={"phase": 1})
     g2, d2, _ = load_checkpoint(tmp_path / "ck")
@@ -454,7 +454,7 @@ def test_keys_tiles_are_nearly_orthogonal_whatever_the_filter():
     torch.manual_seed(0)
     g = WatermarkGenerator(GeneratorConfig(tile=32))
     bits = random_bits(16, g.config.n_bits)
-    for gain in (torch.ones(32, 17), lowpass_gain(32, 8)):
+    for gain in (torch.ones(32, 17), band_gain(32, 8)):
         with torch.no_grad():
             g.gain.copy_(gain)
             tiles = g(bits)

@@ -90,9 +90,9 @@ def cycles_per_tile(tile: int, onesided: bool = False) -> torch.Tensor:
     return torch.maximum(k[:, None], kx[None])
 
 
-def lowpass_gain(tile: int, cutoff: int | None, low: int | None = None) -> torch.Tensor:
+def band_gain(tile: int, cutoff: int | None, low: int | None = None) -> torch.Tensor:
     """A gain [T, T/2+1] for WatermarkGenerator: 1 from `low` (None: 0) up to `cutoff` (None:
-    all) cycles per tile, 0 outside."""
+    all) cycles per tile, 0 outside (a low-pass without `low`)."""
     c = cycles_per_tile(tile, onesided=True)
     keep = torch.ones_like(c, dtype=torch.bool)
     if cutoff is not None:
@@ -109,7 +109,7 @@ class WatermarkGenerator(nn.Module):
         t = config.tile
         # Gain per spatial frequency of the tile; all ones is white noise.
         self.gain = nn.Parameter(torch.ones(t, t // 2 + 1))
-        self.register_buffer("band_mask", lowpass_gain(t, config.band, config.band_min), persistent=False)
+        self.register_buffer("band_mask", band_gain(t, config.band, config.band_min), persistent=False)
 
     def forward(self, bits: torch.Tensor) -> torch.Tensor:
         """bits [B, tile * tile] in {-1, +1} -> zero-mean grey tiles [B, 3, T, T], RMS = max_rms.
