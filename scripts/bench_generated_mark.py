@@ -97,6 +97,8 @@ def by_frequency(detector: Detector, work: Path, bits: torch.Tensor) -> None:
         print(f"| {r} | {share[j]:.3f} | " + " | ".join(cells) + " |")
     print("| d' of the shift-0 correlation / of the best weighing of the rings (in-sample) | | " + " | ".join(
         f"{d_prime(m.sum(1, keepdims=True), c.sum(1, keepdims=True))[0]:.2f} / {np.sqrt(np.sum(d_prime(m, c) ** 2)):.2f}" for _, m, c in pairs) + " |")
+    if len(pairs) < 2:
+        return  # nothing to read out of sample
     fit_name, fit_m, fit_c = min(pairs, key=lambda p: model_seed(p[0]))
     pooled = (fit_m.var(0, ddof=1) + fit_c.var(0, ddof=1)) / 2
     weights = (fit_m.mean(0) - fit_c.mean(0)) / np.maximum(pooled, 1e-12)

@@ -1,15 +1,17 @@
 """Two marks' pair-by-pair readings side by side, from two tables of scripts/bench_row_front_end.py.
 
     python scripts/compare_pair_tables.py docs/results/row_front_end/subjects0-4-2test.md \
-        docs/results/row_front_end/band-subjects0-4-2test.md --labels profile band
+        docs/results/row_front_end/band-subjects3-4-2test.md --labels profile band
 
 Each table reads every pair of models (the one trained on the marked photos and its twin
 trained on the clean photos: same seed, prompts and image seeds) of a set of demo work
 folders. Where both tables hold a pair of the same name (subject, method, seed, prompts) and
 front end, this prints the two per-image AUCs and d's, and per front end and method the mean
-of the d's and how many pairs the second table's reads higher. The clean-trained models are
-the same in both when the two runs trained them with the same seeds on one CPU kind (the mark
-changes only the watermarked-trained one), so the comparison is paired.
+of the d's and how many pairs the second table's reads higher. The comparison is paired only
+where both runs' clean-trained models are the same (the mark changes only the
+watermarked-trained one): same seeds, and float kernels that repeat them, which this does not
+check. On 2026-12-04 the LoRA clean models repeated the previous session's and the DreamBooth
+ones did not (docs/BENCHMARKS.md, "A profile mark off its lowest frequencies").
 """
 import argparse
 import re
