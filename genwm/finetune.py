@@ -54,6 +54,11 @@ class FinetuneConfig:
     # placement, as the mini world's does. Choosing nothing keeps the key test's power.
     place: str = "found"
     null_keys: int = 99  # with locate: null keys located too, for the key test (smallest p: 1 / (n + 1))
+    # With locate: also weigh the template's frequencies, ring by ring, by how well each tells
+    # S_w's training images from S's there (fit_rings; DetectorConfig.located's "rings"), each
+    # null key by the same fit of its own. Personalized models keep some frequencies of the mark
+    # far better than others (docs/BENCHMARKS.md, "A profile mark off its lowest frequencies").
+    rings: bool = False
     seed: int = 0
     alpha_image: float = 0.01
     calibration_attacks: list = field(default_factory=lambda: list(ATTACKS))
@@ -72,6 +77,8 @@ class FinetuneConfig:
         config = FinetuneConfig(**values)
         if config.null_keys < 0:
             raise ValueError(f"null_keys must be 0 or more, got {config.null_keys}")
+        if config.rings and not config.locate:
+            raise ValueError("rings weighs the frequencies where phase 2 located the mark: it needs locate")
         if config.place not in PLACES:
             raise ValueError(f"place must be one of {', '.join(PLACES)}, got {config.place!r}")
         if not 0 < config.holdout_fraction < 1:
@@ -254,8 +261,64 @@ def t_maps(detector: Detector, residuals: dict, spectrum: torch.Tensor, scale: f
     return welch_t(*(torch.cat(z[side]) for side in ("watermarked", "clean")))
 
 
+def rfft_multiplicity(t: int) -> torch.Tensor:
+    """[T, T/2+1]: how many frequencies of a real T x T tile's full FFT each of its rfft2's
+    stands for (columns 1 .. T/2-1 hold two conjugate ones)."""
+    m = torch.full((t, t // 2 + 1), 2.0)
+    m[:, 0] = m[:, -1] = 1.0
+    return m
+
+
 @torch.no_grad()
-def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torch.Tensor], bits: torch.Tensor, n_null: int = 0, place: str = "found") -> dict:
+def ring_readings(detector: Detector, residual: torch.Tensor, spectrum: torch.Tensor, scale: float, weights: torch.Tensor) -> torch.Tensor | None:
+    """What each ring of frequencies (Detector.ring_index) adds to the located reading of each
+    template at one scale (its z-scores over shifts weighed by weights [K, T*T], normalised),
+    for one image [1, 3, H, W]'s residual: [K, T/2+1], summing to that reading (ring 0, the
+    mean, is what the z-score takes out). None if no block fits."""
+    c = detector.summed_spectra(residual, spectrum, scale)
+    if c is None:
+        return None
+    t = detector.config.tile
+    c = c[0]  # [K, T, T/2+1]
+    # <w, irfft2(c)> = sum over the rfft's frequencies of multiplicity * Re(c * conj(rfft2(w))) / T^2
+    w = torch.fft.rfft2((weights / weights.norm(dim=1, keepdim=True)).reshape(-1, t, t))
+    terms = (c * w.conj()).real * rfft_multiplicity(t) / t**2
+    maps = torch.fft.irfft2(c, s=(t, t)).flatten(1)
+    parts = torch.zeros(len(c), t // 2 + 1).index_add_(1, detector.ring_index().flatten(), terms.flatten(1))
+    parts[:, 0] -= maps.mean(dim=1) * w[:, 0, 0].real  # the mean times the weights' sum
+    return parts / maps.std(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def fit_rings(detector: Detector, residuals: dict, spectrum: torch.Tensor, scales: list[float], weights: torch.Tensor) -> torch.Tensor:
+    """Gains [K, T/2+1] for each template's rings of frequencies (DetectorConfig.located's
+    "rings"): template k's located reading (at scales[k], weighed by weights[k]) split into what
+    each ring adds (ring_readings), per image of `residuals` ("watermarked" and "clean" sides);
+    each ring weighed by its shift, watermarked- minus clean-model images, over its pooled
+    variance (a diagonal linear discriminant), none below 0 (the mark adds to every ring it
+    has; a ring that reads it lower has only noise to offer), scaled to a largest gain of 1.
+    Rings where the template has no energy get 0; a template no ring of which reads higher
+    keeps its plain reading (1 where it has energy)."""
+    t = detector.config.tile
+    energy = torch.zeros(spectrum.shape[1], t // 2 + 1).index_add_(1, detector.ring_index().flatten(), (spectrum[0, :, 0].abs().square().sum(1) * rfft_multiplicity(t)).flatten(1))
+    has_energy = energy > 1e-6 * energy.sum(dim=1, keepdim=True)
+    has_energy[:, 0] = False  # the mean, which the z-score takes out
+    parts = {side: torch.zeros(len(rs), len(scales), t // 2 + 1) for side, rs in residuals.items()}
+    for s in sorted(set(scales)):
+        keys = [k for k, v in enumerate(scales) if v == s]
+        for side, rs in residuals.items():
+            for i, r in enumerate(rs):
+                parts[side][i, keys] = ring_readings(detector, r, spectrum[:, keys], s, weights[keys])
+    marked, clean = parts["watermarked"], parts["clean"]
+    pooled = (marked.var(0) + clean.var(0)) / 2
+    gains = ((marked.mean(0) - clean.mean(0)) / pooled.clamp_min(1e-12)).clamp_min(0) * has_energy
+    plain = gains.amax(dim=1) <= 0
+    gains[plain] = has_energy[plain].float()
+    return gains / gains.amax(dim=1, keepdim=True)
+
+
+@torch.no_grad()
+def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torch.Tensor], bits: torch.Tensor, n_null: int = 0, place: str = "found", rings: bool = False) -> dict:
     """Where personalized models draw the key's mark, for DetectorConfig.located: at each of the
     detector's scales, Welch's t over the images between the watermarked-model and the
     clean-model images' z-scores (Detector.shift_z) at every shift of the tile; the scale whose
@@ -270,8 +333,10 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
     says how far (docs/BENCHMARKS.md, the mini world).
     place="drawn" fits nothing: every key is read at scale 1, shift 0 (FinetuneConfig.place),
     and "t_max" is each key's t there.
+    With rings, each key's frequencies are then weighed where it was located (fit_rings).
     -> {"scale", "weights" (T*T), "t_max", "peak": [dy, dx], "null_scales" (n_null),
-    "null_weights" [n_null, T*T], "null_t_max" (n_null)}."""
+    "null_weights" [n_null, T*T], "null_t_max" (n_null)}, and with rings "rings" (T/2+1) and
+    "null_rings" [n_null, T/2+1]."""
     from genwm.keys import null_key_bits
 
     detector.eval()
@@ -285,7 +350,7 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
             raise ValueError("these images hold no whole block of the mark at scale 1")
         weights = torch.zeros(len(all_bits), t_size**2)
         weights[:, 0] = 1.0
-        return {
+        found = {
             "scale": 1.0,
             "weights": weights[0].tolist(),
             "t_max": float(t[0, 0]),
@@ -294,6 +359,7 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
             "null_weights": weights[1:],
             "null_t_max": t[1:, 0].tolist(),
         }
+        return with_rings(found, detector, residuals, spectrum, [1.0] * len(all_bits), weights) if rings else found
     best_t, best_scale, best_weights = torch.full((len(all_bits),), -torch.inf), torch.zeros(len(all_bits), dtype=torch.float64), None
     for scale in detector.config.scales():
         t = t_maps(detector, residuals, spectrum, scale)
@@ -306,7 +372,7 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
     if best_weights is None:
         raise ValueError("no scale of the mark fits a block of these images; they are too small to locate it")
     i = int(best_weights[0].argmax())
-    return {
+    found = {
         "scale": float(best_scale[0]),
         "weights": best_weights[0].tolist(),
         "t_max": float(best_t[0]),
@@ -315,6 +381,13 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
         "null_weights": best_weights[1:],
         "null_t_max": best_t[1:].tolist(),
     }
+    return with_rings(found, detector, residuals, spectrum, best_scale.tolist(), best_weights.float()) if rings else found
+
+
+def with_rings(found: dict, detector: Detector, residuals: dict, spectrum: torch.Tensor, scales: list[float], weights: torch.Tensor) -> dict:
+    """locate's result with every key's rings fitted where it was located (fit_rings)."""
+    gains = fit_rings(detector, residuals, spectrum, scales, weights)
+    return {**found, "rings": gains[0].tolist(), "null_rings": gains[1:]}
 
 
 def folder_key_means(detector: Detector, folder, key: str) -> list[float]:
@@ -347,8 +420,8 @@ def finetune_detector(clean, watermarked, detector, out, key: str, config: Finet
     before = holdout_metrics(detector, data, bits)
     location = None
     if config.locate:
-        location = locate(detector, data.images["train_clean"], data.images["train_watermarked"], bits, n_null=config.null_keys, place=config.place)
-        detector.set_located(location["scale"], location.pop("weights"), location.pop("null_scales"), location.pop("null_weights"))
+        location = locate(detector, data.images["train_clean"], data.images["train_watermarked"], bits, n_null=config.null_keys, place=config.place, rings=config.rings)
+        detector.set_located(location["scale"], location.pop("weights"), location.pop("null_scales"), location.pop("null_weights"), location.pop("rings", None), location.pop("null_rings", None))
         null_t_max = np.array(location.pop("null_t_max"))
         # How the key's place stands out among the places found for keys never used: two
         # models differ somewhere for any key, so a t_max alone proves nothing.

@@ -60,10 +60,11 @@ VARIANT_CONFIGS = {
     "genwm-profile-rowmeans-2test": CONFIGS / "demo-profile-rowmeans-2test.yaml",
     "genwm-profile-band": CONFIGS / "demo-profile-band.yaml",
     "genwm-profile-band-2test": CONFIGS / "demo-profile-band-2test.yaml",
+    "genwm-profile-band-rings-2test": CONFIGS / "demo-profile-band-rings-2test.yaml",
 }
 # variant -> the variant whose G (and so marked photos) it shares, and whose models it links
 SAME_MARK = {"genwm-profile-rowmeans": "genwm-profile", "genwm-profile-2test": "genwm-profile", "genwm-profile-rowmeans-2test": "genwm-profile-2test",
-             "genwm-profile-band-2test": "genwm-profile-band"}
+             "genwm-profile-band-2test": "genwm-profile-band", "genwm-profile-band-rings-2test": "genwm-profile-band-2test"}
 PARTIAL = 0.25
 NULL_MESSAGES = 999  # the baselines' key test: its smallest p is 1 / (1 + this)
 

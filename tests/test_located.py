@@ -9,9 +9,10 @@ from PIL import Image
 from genwm.calibration import key_test
 from genwm.checkpoint import save_checkpoint
 from genwm.evaluate import detection_metrics, evaluate_sets, folder_logits
-from genwm.finetune import FinetuneConfig, finetune_detector, locate
-from genwm.keys import key_bits
+from genwm.finetune import FinetuneConfig, finetune_detector, locate, ring_readings
+from genwm.keys import key_bits, null_key_bits
 from genwm.models import Detector, DetectorConfig, GeneratorConfig
+from genwm.models.generator import cycles_per_tile
 
 from conftest import smooth_photo
 
@@ -220,3 +221,75 @@ def test_the_key_test_regresses_out_what_the_photos_share_with_every_key(tmp_pat
 def test_place_must_be_known():
     with pytest.raises(ValueError, match="place must be one of found, drawn"):
         FinetuneConfig().replace(place="anywhere")
+
+
+def only_rings(mark: torch.Tensor, rings: list[int]) -> torch.Tensor:
+    """mark [3, T, T] with only the given rings of its frequencies kept (Detector.ring_index)."""
+    t = mark.shape[-1]
+    keep = torch.isin(cycles_per_tile(t, onesided=True).round().long(), torch.tensor(rings))
+    return torch.fft.irfft2(torch.fft.rfft2(mark) * keep, s=(t, t))
+
+
+def test_ring_readings_add_up_to_the_located_reading():
+    d = detector()
+    all_bits = torch.cat([key_bits(KEY, d.config.n_bits)[None].float(), null_key_bits(3, d.config.n_bits)])
+    with torch.no_grad():
+        spectrum = d.template_spectrum(d.templates(all_bits)[None])
+        weights = torch.randn(4, d.config.tile**2, generator=torch.Generator().manual_seed(0))
+        for x in images(2, 7, d.templates(all_bits[:1])[0], 0.01):
+            residual = d.residual(x[None])
+            parts = ring_readings(d, residual, spectrum, 1.0, weights)
+            assert parts.shape == (4, d.config.tile // 2 + 1) and parts[:, 1:].abs().sum() > 0
+            assert torch.allclose(parts.sum(dim=1), d.read_located(residual, spectrum, [1.0] * 4, weights)[0], atol=1e-4)
+            # gains of 1 on every ring change nothing; a gain of 0 takes that ring's part away
+            flat = torch.ones(4, d.config.tile // 2 + 1)
+            assert torch.allclose(d.read_located(residual, spectrum, [1.0] * 4, weights, flat), parts.sum(dim=1), atol=1e-4)
+            drop = flat.clone()
+            drop[:, 2] = 0
+            without = ring_readings(d, residual, spectrum * drop[:, d.ring_index()][None, :, None, None], 1.0, weights)
+            assert torch.allclose(without[:, 2], torch.zeros(4), atol=1e-6)
+
+
+def with_texture(xs: list[torch.Tensor], seed: int, amplitude: float, ring: int) -> list[torch.Tensor]:
+    """xs, each with a texture of its own on the tile's grid, all of it in one ring of the
+    tile's frequencies: what a personalized model's own textures add where it keeps no mark."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for x in xs:
+        tile = only_rings(torch.randn(1, 8, 8, generator=g).expand(3, -1, -1), [ring]).repeat(1, 8, 8)
+        out.append((x + amplitude * tile / tile.square().mean().sqrt()).clamp(0, 1))
+    return out
+
+
+def test_rings_fitted_in_phase_2_weigh_up_the_frequencies_the_models_keep(tmp_path):
+    d = detector()
+    bits = key_bits(KEY, d.config.n_bits)[None]
+    with torch.no_grad():
+        kept = only_rings(d.templates(bits)[0], [1, 2, 3])  # the models kept the mark's rings 1-3, and vary most at ring 4
+
+    def generated(n, seed, mark=None):
+        return with_texture(images(n, seed, mark, 0.001 if mark is not None else 0.0, shift=(0, 0)), seed, 0.003, ring=4)
+
+    folders = {side: save_folder(tmp_path / side, generated(30, seed, mark)) for side, seed, mark in (("clean", 5, None), ("watermarked", 6, kept))}
+    save_checkpoint(tmp_path / "base", detector=d, metadata={"phase": 1})
+    config = FinetuneConfig(epochs=1, batch_size=16, learning_rate=1e-3, locate=True, place="drawn", null_keys=39, rings=True, progress=False, accelerator="cpu")
+    finetune_detector(folders["clean"], folders["watermarked"], tmp_path / "base", tmp_path / "tuned", KEY, config)
+
+    tuned = Detector.from_pretrained(tmp_path / "tuned")
+    gains = tuned.config.located["rings"]
+    assert gains[0] == 0 and max(gains[1:4]) == 1 and gains[4] < 0.2, gains
+    # the null keys' own rings, fitted on the same images, travel with the detector
+    assert tuned.null_rings.shape == (39, d.config.tile // 2 + 1) and torch.all(tuned.null_rings.amax(dim=1) == 1)
+    test_clean, test_marked = generated(40, 30), generated(40, 31, kept)
+    plain = auc(read_at(detector(), 1.0, np.eye(d.config.tile**2)[0]), bits, test_clean, test_marked)
+    weighed = auc(tuned, bits, test_clean, test_marked)
+    assert weighed > plain + 0.15, (weighed, plain)
+    evidence = tuned.key_evidences(test_marked[:4], KEY)
+    with torch.no_grad():
+        logits = torch.cat([tuned.logit(x[None], bits) for x in test_marked[:4]])
+    assert np.allclose(evidence[:, 0], ((logits + tuned.bias) / tuned.scale).detach().numpy(), atol=1e-4)  # column 0 is what D reads
+
+
+def test_rings_need_locate():
+    with pytest.raises(ValueError, match="rings .* needs locate"):
+        FinetuneConfig().replace(rings=True)

@@ -285,6 +285,10 @@ def test_shipped_profile_variants_change_only_what_they_say():
     band_two = load_demo_config(configs / "demo-profile-band-2test.yaml")
     assert band_two == {**two, "checkpoint": load_demo_config(configs / "demo-profile-band.yaml")["checkpoint"]}
     assert band_two["checkpoint"].endswith("genwm-mini-profile-band")
+    band_rings, band_plain = (protect_config_for(configs / f, 0, {}) for f in ("demo-profile-band-rings-2test.yaml", "demo-profile-band-2test.yaml"))
+    assert (band_rings.finetune.rings, band_plain.finetune.rings) == (True, False)
+    assert band_rings.finetune.replace(rings=False) == band_plain.finetune and band_rings.personalize == band_plain.personalize
+    assert load_demo_config(configs / "demo-profile-band-rings-2test.yaml") == band_two
     strong, plain = (protect_config_for(configs / f, 0, {}) for f in ("demo-profile-strong.yaml", "demo-profile.yaml"))
     assert (strong.strength, plain.strength) == (1.1, 1.0)
     assert strong.finetune == plain.finetune and strong.personalize == plain.personalize

@@ -236,10 +236,11 @@ def test_cli_finetune_detector_and_evaluate(toy, tmp_path):
     commands.register(parser.add_subparsers(dest="command"))
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
-    args = parser.parse_args(["finetune-detector", "--clean", str(sets["clean"]), "--watermarked", str(sets["watermarked"]), "--detector", str(root / "base"), "--out", str(tmp_path / "d"), "--key-file", str(key_file), "--epochs", "1", "--no-channel", "--locate", "--null-keys", "9", "--quiet"])
+    args = parser.parse_args(["finetune-detector", "--clean", str(sets["clean"]), "--watermarked", str(sets["watermarked"]), "--detector", str(root / "base"), "--out", str(tmp_path / "d"), "--key-file", str(key_file), "--epochs", "1", "--no-channel", "--locate", "--null-keys", "9", "--rings", "--quiet"])
     assert args.func(args) == 0
     saved = json.loads((tmp_path / "d" / "config.json").read_text())
-    assert saved["metadata"]["config"]["epochs"] == 1
+    assert saved["metadata"]["config"]["epochs"] == 1 and saved["metadata"]["config"]["rings"]
+    assert len(saved["detector"]["located"]["rings"]) == saved["detector"]["template"]["tile"] // 2 + 1
     assert saved["detector"]["located"]["scale"] == saved["metadata"]["location"]["scale"]
     assert len(saved["detector"]["located"]["weights"]) == saved["detector"]["template"]["tile"] ** 2
     args = parser.parse_args(["evaluate", "--detector", str(tmp_path / "d"), "--clean", str(sets["test_clean"]), "--watermarked", str(sets["test_watermarked"]), "--out", str(tmp_path / "ev"), "--key-file", str(key_file)])

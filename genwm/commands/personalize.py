@@ -114,10 +114,12 @@ def add_finetune_options(p):
     g.add_argument("--place", choices=["found", "drawn"], help="with --locate: read where the mark tells the two sides apart best (found, the default) "
                    "or where genwm drew it, scale 1 and shift 0 (drawn: for a mimic that trains at the photos' own size; keeps the key test's power)")
     g.add_argument("--null-keys", type=int, dest="null_keys", help="with --locate: null keys located too, for the key test (default 99: smallest p-value 0.01)")
+    g.add_argument("--rings", action="store_true", default=None, help="with --locate: also weigh the mark's frequencies, ring by ring, by how well each tells the two sides apart "
+                   "(each null key fitted alike)")
 
 
 def finetune_overrides(args) -> dict:
-    pairs = {"epochs": "epochs", "batch_size": "ft_batch_size", "learning_rate": "ft_lr", "holdout_fraction": "holdout_fraction", "channel": "channel", "seed": "ft_seed", "locate": "locate", "place": "place", "null_keys": "null_keys"}
+    pairs = {"epochs": "epochs", "batch_size": "ft_batch_size", "learning_rate": "ft_lr", "holdout_fraction": "holdout_fraction", "channel": "channel", "seed": "ft_seed", "locate": "locate", "place": "place", "null_keys": "null_keys", "rings": "rings"}
     return {k: getattr(args, a) for k, a in pairs.items() if getattr(args, a, None) is not None}
 
 

@@ -15,7 +15,8 @@ D is a keyed matched filter with a learned front end:
    also their peaks averaged (robust to a slightly wrong scale); the best scale is taken, and
    an affine map gives a logit.
 A subject's detector from phase 2 may instead read at one scale and a weighing of the shifts,
-where that subject's personalized models were found to draw the mark (`located`).
+where that subject's personalized models were found to draw the mark, and a weighing of the
+template's frequencies by how much of each those models keep (`located`).
 
 The template comes from a key -> tile network of the generator's architecture; in phase 1 it
 is the generator itself (D looks for what G draws), in phase 2 it may adapt to what survives
@@ -30,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from genwm.models.generator import GeneratorConfig, WatermarkGenerator, pattern_scale
+from genwm.models.generator import GeneratorConfig, WatermarkGenerator, cycles_per_tile, pattern_scale
 
 
 @dataclass
@@ -78,7 +79,12 @@ class DetectorConfig:
     # `null_weights` buffer (see Detector.key_evidence). "covariates": name -> 1 + len(null_scales)
     # numbers, the mean evidence under the key and each null key of images that share what the
     # suspect images share with the keys without a mark (the subject's photos, the base model's
-    # images), which the key test regresses out (genwm.calibration.key_test).
+    # images), which the key test regresses out (genwm.calibration.key_test). "rings": T/2 + 1
+    # gains, one per ring of the tile's frequencies (cycles per tile, the larger of |kx| and
+    # |ky|), applied to the summed correlation's spectrum before the z-scores: where the models'
+    # images carry the mark best, as phase 2 fitted it (genwm.finetune.fit_rings); the null
+    # keys' own, fitted the same way, are the `null_rings` buffer. Absent: every ring counts as
+    # the template has it.
     located: dict | None = None
 
     def __post_init__(self):
@@ -90,6 +96,11 @@ class DetectorConfig:
             located = {"scale": float(self.located["scale"]), "weights": weights}
             if self.located.get("null_scales") is not None:
                 located["null_scales"] = [float(v) for v in self.located["null_scales"]]
+            if self.located.get("rings") is not None:
+                rings = [float(g) for g in self.located["rings"]]
+                if len(rings) != self.tile // 2 + 1 or min(rings) < 0 or not any(rings):
+                    raise ValueError(f"located rings: expected {self.tile // 2 + 1} gains >= 0, not all zero (one per ring of the {self.tile}-px tile's frequencies), got {len(rings)}")
+                located["rings"] = rings
             if self.located.get("covariates"):
                 n_keys = 1 + len(located.get("null_scales", []))
                 located["covariates"] = {str(name): [float(v) for v in values] for name, values in self.located["covariates"].items()}
@@ -198,6 +209,8 @@ class Detector(nn.Module):
         self.bias = nn.Parameter(torch.tensor(1.0))
         if config.located is not None and "null_scales" in config.located:
             self.register_buffer("null_weights", torch.zeros(len(config.located["null_scales"]), config.tile**2))
+            if "rings" in config.located:
+                self.register_buffer("null_rings", torch.zeros(len(config.located["null_scales"]), config.tile // 2 + 1))
 
     @classmethod
     def for_generator(cls, generator: WatermarkGenerator, **options) -> "Detector":
@@ -220,9 +233,12 @@ class Detector(nn.Module):
         are read too: on a weak mark, the coarse scales' own curve may not rise near it at all."""
         residual = self.residual(images)
         spectrum = self.template_spectrum(templates)
-        if self.config.located is not None:
-            weights = torch.tensor(self.config.located["weights"], device=residual.device)
-            return self.read_located(residual, spectrum, [self.config.located["scale"]] * spectrum.shape[1], weights.expand(spectrum.shape[1], -1))
+        located = self.config.located
+        if located is not None:
+            k = spectrum.shape[1]
+            weights = torch.tensor(located["weights"], device=residual.device).expand(k, -1)
+            rings = torch.tensor(located["rings"], device=residual.device).expand(k, -1) if "rings" in located else None
+            return self.read_located(residual, spectrum, [located["scale"]] * k, weights, rings)
         scales = self.config.scales()
         refine = refine if refine is not None else not torch.is_grad_enabled()
         drifts = self.config.drifts() if refine else [0.0]
@@ -256,16 +272,25 @@ class Detector(nn.Module):
                 best[n] = torch.maximum(best[n], found.amax(dim=(0, 1))[0])
         return torch.stack(best)
 
-    def set_located(self, scale: float, weights, null_scales=None, null_weights: torch.Tensor | None = None) -> None:
+    def set_located(self, scale: float, weights, null_scales=None, null_weights: torch.Tensor | None = None, rings=None, null_rings: torch.Tensor | None = None) -> None:
         """Read at one scale with weights over the tile's shifts from now on (DetectorConfig
-        .located); with null_scales and null_weights [n, T*T], the key test's null keys' own."""
+        .located); with null_scales and null_weights [n, T*T], the key test's null keys' own;
+        with rings (T/2 + 1 gains), the key's frequencies weighed, and null_rings [n, T/2 + 1]
+        the null keys'."""
         located = {"scale": scale, "weights": [float(w) for w in weights]}
         if null_scales:
             located["null_scales"] = list(null_scales)
+        if rings is not None:
+            if null_scales and null_rings is None:
+                raise ValueError("rings for the key need the null keys' own (null_rings): the key test compares like with like")
+            located["rings"] = [float(g) for g in rings]
         self.config.located = DetectorConfig(template=self.config.template, located=located).located  # validated
         self._buffers.pop("null_weights", None)
+        self._buffers.pop("null_rings", None)
         if null_scales:
             self.register_buffer("null_weights", torch.as_tensor(null_weights, dtype=torch.float32).reshape(len(null_scales), -1).clone())
+            if rings is not None:
+                self.register_buffer("null_rings", torch.as_tensor(null_rings, dtype=torch.float32).reshape(len(null_scales), -1).clone())
 
     def set_key_covariates(self, covariates: dict) -> None:
         """The key test's covariates (DetectorConfig.located["covariates"]): name -> the mean
@@ -278,13 +303,14 @@ class Detector(nn.Module):
         """What the key test regresses out of a set's mean evidence, or None (set_key_covariates)."""
         return (self.config.located or {}).get("covariates") or None
 
-    def read_located(self, residual: torch.Tensor, spectrum: torch.Tensor, scales: list[float], weights: torch.Tensor) -> torch.Tensor:
-        """Evidence [N, K]: template k's z-scores over shifts (shift_z) at scales[k], weighed
-        by weights[k] (normalised), for spectra [1, K, ...]."""
+    def read_located(self, residual: torch.Tensor, spectrum: torch.Tensor, scales: list[float], weights: torch.Tensor, rings: torch.Tensor | None = None) -> torch.Tensor:
+        """Evidence [N, K]: template k's z-scores over shifts (shift_z) at scales[k], with its
+        frequencies weighed by rings[k] if given, weighed by weights[k] (normalised), for
+        spectra [1, K, ...]."""
         out = residual.new_zeros(residual.shape[0], len(scales))
         for s in sorted(set(scales)):
             keys = [k for k, v in enumerate(scales) if v == s]
-            z = self.shift_z(residual, spectrum[:, keys], s)
+            z = self.shift_z(residual, spectrum[:, keys], s, None if rings is None else rings[keys])
             if z is None:
                 raise ValueError(f"image of {tuple(residual.shape[-2:])} px holds no block of the mark at scale {s:.3f}")
             w = weights[keys].to(z)
@@ -320,14 +346,15 @@ class Detector(nn.Module):
         if located is None:
             return templates
         weights = torch.cat([torch.tensor(located["weights"])[None], self.null_weights.cpu()])
-        return self.template_spectrum(templates), [located["scale"], *located["null_scales"]], weights
+        rings = torch.cat([torch.tensor(located["rings"])[None], self.null_rings.cpu()]) if "rings" in located else None
+        return self.template_spectrum(templates), [located["scale"], *located["null_scales"]], weights, rings
 
     def read_keys(self, images: torch.Tensor, keys) -> torch.Tensor:
         """Evidence [N, K] of images under keys prepared by prepare_keys."""
         if self.config.located is None:
             return self.evidence(images, keys)
-        spectrum, scales, weights = keys
-        return self.read_located(self.residual(images), spectrum, scales, weights)
+        spectrum, scales, weights, rings = keys
+        return self.read_located(self.residual(images), spectrum, scales, weights, rings)
 
     @staticmethod
     def template_spectrum(templates: torch.Tensor) -> torch.Tensor:
@@ -389,14 +416,28 @@ class Detector(nn.Module):
             return residual
         return F.interpolate(residual, scale_factor=1 / s, mode="bilinear", align_corners=False, recompute_scale_factor=False)
 
-    def shift_z(self, residual: torch.Tensor, spectrum: torch.Tensor, scale: float) -> torch.Tensor | None:
-        """[N, K, T*T]: the blocks' correlation maps with each template summed, at one scale,
-        as z-scores over the tile's shifts (None if no block fits)."""
+    def ring_index(self) -> torch.Tensor:
+        """[T, T/2+1]: the ring (cycles per tile, the larger of |kx| and |ky|) of each frequency
+        of an rfft2 of the tile, 0 .. T/2 (DetectorConfig.located's "rings")."""
+        return cycles_per_tile(self.config.tile, onesided=True).round().long()
+
+    def summed_spectra(self, residual: torch.Tensor, spectrum: torch.Tensor, scale: float) -> torch.Tensor | None:
+        """[N, K, T, T/2+1]: the spectrum of the blocks' correlation maps with each template,
+        summed over the blocks, at one scale (None if no block fits)."""
         spectra = self.correlation_spectra(self.at_scale(residual, scale), spectrum)
+        return None if spectra is None else spectra.sum(dim=2)
+
+    def shift_z(self, residual: torch.Tensor, spectrum: torch.Tensor, scale: float, rings: torch.Tensor | None = None) -> torch.Tensor | None:
+        """[N, K, T*T]: the blocks' correlation maps with each template summed, at one scale,
+        as z-scores over the tile's shifts (None if no block fits); with rings [K, T/2+1], each
+        template's frequencies weighed by its ring's gain first."""
+        spectra = self.summed_spectra(residual, spectrum, scale)
         if spectra is None:
             return None
+        if rings is not None:
+            spectra = spectra * rings.to(spectra.real)[:, self.ring_index().to(spectra.device)]
         t = self.config.tile
-        total = torch.fft.irfft2(spectra.sum(dim=2), s=(t, t)).flatten(2)  # summed before the inverse FFT: one, not one a block
+        total = torch.fft.irfft2(spectra, s=(t, t)).flatten(2)  # summed before the inverse FFT: one, not one a block
         return (total - total.mean(dim=-1, keepdim=True)) / total.std(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def drift_ramps(self, height: int, width: int, drifts) -> torch.Tensor:
