@@ -54,10 +54,16 @@ class FinetuneConfig:
     # placement, as the mini world's does. Choosing nothing keeps the key test's power.
     place: str = "found"
     null_keys: int = 99  # with locate: null keys located too, for the key test (smallest p: 1 / (n + 1))
-    # With locate: also weigh the template's frequencies, ring by ring, by how well each tells
-    # S_w's training images from S's there (fit_rings; DetectorConfig.located's "rings"), each
-    # null key by the same fit of its own. Personalized models keep some frequencies of the mark
-    # far better than others (docs/BENCHMARKS.md, "A profile mark off its lowest frequencies").
+    # With locate: also weigh the template's frequencies, ring by ring, by how well the key's
+    # reading there tells S_w's training images from S's (fit_rings; DetectorConfig.located's
+    # "rings"): personalized models keep some frequencies of the mark far better than others
+    # (docs/BENCHMARKS.md, "A profile mark off its lowest frequencies"). The null keys are read
+    # with the same gains. A ring's gain, its shift over its variance, does not depend on how
+    # much of the key's template lies in it (that cancels), only on how much the models keep
+    # there and how much they vary, so it is no more the key's than a null key's. Fitted for
+    # each null key on its own, the gains picked the rings where that key happens to correlate
+    # with the subject's mark, and the null keys read the watermarked models' images as marked
+    # (docs/BENCHMARKS.md, "Rings of frequencies weighed in phase 2").
     rings: bool = False
     seed: int = 0
     alpha_image: float = 0.01
@@ -333,10 +339,10 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
     says how far (docs/BENCHMARKS.md, the mini world).
     place="drawn" fits nothing: every key is read at scale 1, shift 0 (FinetuneConfig.place),
     and "t_max" is each key's t there.
-    With rings, each key's frequencies are then weighed where it was located (fit_rings).
+    With rings, the key's frequencies are then weighed where it was located (fit_rings), gains
+    that every key is read with (FinetuneConfig.rings).
     -> {"scale", "weights" (T*T), "t_max", "peak": [dy, dx], "null_scales" (n_null),
-    "null_weights" [n_null, T*T], "null_t_max" (n_null)}, and with rings "rings" (T/2+1) and
-    "null_rings" [n_null, T/2+1]."""
+    "null_weights" [n_null, T*T], "null_t_max" (n_null)}, and with rings "rings" (T/2+1)."""
     from genwm.keys import null_key_bits
 
     detector.eval()
@@ -385,9 +391,10 @@ def locate(detector: Detector, clean: list[torch.Tensor], watermarked: list[torc
 
 
 def with_rings(found: dict, detector: Detector, residuals: dict, spectrum: torch.Tensor, scales: list[float], weights: torch.Tensor) -> dict:
-    """locate's result with every key's rings fitted where it was located (fit_rings)."""
-    gains = fit_rings(detector, residuals, spectrum, scales, weights)
-    return {**found, "rings": gains[0].tolist(), "null_rings": gains[1:]}
+    """locate's result with the rings fitted for the key (the first template) where it was
+    located (fit_rings)."""
+    gains = fit_rings(detector, residuals, spectrum[:, :1], scales[:1], weights[:1])
+    return {**found, "rings": gains[0].tolist()}
 
 
 def folder_key_means(detector: Detector, folder, key: str) -> list[float]:
@@ -421,7 +428,7 @@ def finetune_detector(clean, watermarked, detector, out, key: str, config: Finet
     location = None
     if config.locate:
         location = locate(detector, data.images["train_clean"], data.images["train_watermarked"], bits, n_null=config.null_keys, place=config.place, rings=config.rings)
-        detector.set_located(location["scale"], location.pop("weights"), location.pop("null_scales"), location.pop("null_weights"), location.pop("rings", None), location.pop("null_rings", None))
+        detector.set_located(location["scale"], location.pop("weights"), location.pop("null_scales"), location.pop("null_weights"), location.pop("rings", None))
         null_t_max = np.array(location.pop("null_t_max"))
         # How the key's place stands out among the places found for keys never used: two
         # models differ somewhere for any key, so a t_max alone proves nothing.

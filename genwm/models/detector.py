@@ -81,10 +81,9 @@ class DetectorConfig:
     # suspect images share with the keys without a mark (the subject's photos, the base model's
     # images), which the key test regresses out (genwm.calibration.key_test). "rings": T/2 + 1
     # gains, one per ring of the tile's frequencies (cycles per tile, the larger of |kx| and
-    # |ky|), applied to the summed correlation's spectrum before the z-scores: where the models'
-    # images carry the mark best, as phase 2 fitted it (genwm.finetune.fit_rings); the null
-    # keys' own, fitted the same way, are the `null_rings` buffer. Absent: every ring counts as
-    # the template has it.
+    # |ky|), applied to the summed correlation's spectrum before the z-scores, the same for
+    # every key, the null keys too: where the models' images carry the mark best, as phase 2
+    # fitted it (genwm.finetune.fit_rings). Absent: every ring counts as the template has it.
     located: dict | None = None
 
     def __post_init__(self):
@@ -209,8 +208,6 @@ class Detector(nn.Module):
         self.bias = nn.Parameter(torch.tensor(1.0))
         if config.located is not None and "null_scales" in config.located:
             self.register_buffer("null_weights", torch.zeros(len(config.located["null_scales"]), config.tile**2))
-            if "rings" in config.located:
-                self.register_buffer("null_rings", torch.zeros(len(config.located["null_scales"]), config.tile // 2 + 1))
 
     @classmethod
     def for_generator(cls, generator: WatermarkGenerator, **options) -> "Detector":
@@ -272,25 +269,19 @@ class Detector(nn.Module):
                 best[n] = torch.maximum(best[n], found.amax(dim=(0, 1))[0])
         return torch.stack(best)
 
-    def set_located(self, scale: float, weights, null_scales=None, null_weights: torch.Tensor | None = None, rings=None, null_rings: torch.Tensor | None = None) -> None:
+    def set_located(self, scale: float, weights, null_scales=None, null_weights: torch.Tensor | None = None, rings=None) -> None:
         """Read at one scale with weights over the tile's shifts from now on (DetectorConfig
         .located); with null_scales and null_weights [n, T*T], the key test's null keys' own;
-        with rings (T/2 + 1 gains), the key's frequencies weighed, and null_rings [n, T/2 + 1]
-        the null keys'."""
+        with rings (T/2 + 1 gains), every key's frequencies weighed by them."""
         located = {"scale": scale, "weights": [float(w) for w in weights]}
         if null_scales:
             located["null_scales"] = list(null_scales)
         if rings is not None:
-            if null_scales and null_rings is None:
-                raise ValueError("rings for the key need the null keys' own (null_rings): the key test compares like with like")
             located["rings"] = [float(g) for g in rings]
         self.config.located = DetectorConfig(template=self.config.template, located=located).located  # validated
         self._buffers.pop("null_weights", None)
-        self._buffers.pop("null_rings", None)
         if null_scales:
             self.register_buffer("null_weights", torch.as_tensor(null_weights, dtype=torch.float32).reshape(len(null_scales), -1).clone())
-            if rings is not None:
-                self.register_buffer("null_rings", torch.as_tensor(null_rings, dtype=torch.float32).reshape(len(null_scales), -1).clone())
 
     def set_key_covariates(self, covariates: dict) -> None:
         """The key test's covariates (DetectorConfig.located["covariates"]): name -> the mean
@@ -346,7 +337,7 @@ class Detector(nn.Module):
         if located is None:
             return templates
         weights = torch.cat([torch.tensor(located["weights"])[None], self.null_weights.cpu()])
-        rings = torch.cat([torch.tensor(located["rings"])[None], self.null_rings.cpu()]) if "rings" in located else None
+        rings = torch.tensor(located["rings"]).expand(len(weights), -1) if "rings" in located else None
         return self.template_spectrum(templates), [located["scale"], *located["null_scales"]], weights, rings
 
     def read_keys(self, images: torch.Tensor, keys) -> torch.Tensor:
