@@ -60,10 +60,13 @@ class FinetuneConfig:
     # (docs/BENCHMARKS.md, "A profile mark off its lowest frequencies"). The null keys are read
     # with the same gains. A ring's gain, its shift over its variance, does not depend on how
     # much of the key's template lies in it (that cancels), only on how much the models keep
-    # there and how much they vary, so it is no more the key's than a null key's. Fitted for
-    # each null key on its own, the gains picked the rings where that key happens to correlate
-    # with the subject's mark, and the null keys read the watermarked models' images as marked
-    # (docs/BENCHMARKS.md, "Rings of frequencies weighed in phase 2").
+    # there and how much they vary, so in expectation it is no more the key's than a null
+    # key's (the key's chance correlations with the two models' difference still enter the
+    # fit). Fitted for each null key on its own, the gains picked the rings where that key
+    # happens to correlate with the subject's mark, and the null keys read the watermarked
+    # models' images as marked. Off in the shipped configs: measured on four subjects, it did
+    # not read the test models better (docs/BENCHMARKS.md, "The band mark on four subjects, and
+    # rings of frequencies weighed in phase 2").
     rings: bool = False
     seed: int = 0
     alpha_image: float = 0.01
