@@ -115,7 +115,7 @@ def add_finetune_options(p):
                    "or where genwm drew it, scale 1 and shift 0 (drawn: for a mimic that trains at the photos' own size; keeps the key test's power)")
     g.add_argument("--null-keys", type=int, dest="null_keys", help="with --locate: null keys located too, for the key test (default 99: smallest p-value 0.01)")
     g.add_argument("--rings", action="store_true", default=None, help="with --locate: also weigh the mark's frequencies, ring by ring, by how well each tells the two sides apart "
-                   "(each null key fitted alike)")
+                   "(the null keys read with the same gains; in the mini world it did not help: docs/BENCHMARKS.md)")
 
 
 def finetune_overrides(args) -> dict:
