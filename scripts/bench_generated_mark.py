@@ -33,7 +33,7 @@ import torch
 
 from genwm.data import list_images
 from genwm.evaluate import detection_metrics
-from genwm.finetune import load_image
+from genwm.finetune import load_image, rfft_multiplicity
 from genwm.keys import key_bits
 from genwm.models import Detector
 from genwm.models.generator import cycles_per_tile
@@ -63,9 +63,7 @@ def ring_readings(detector: Detector, images: torch.Tensor, bits: torch.Tensor) 
     t = detector.config.tile
     spectrum = detector.template_spectrum(detector.templates(bits)[:, None])  # [1, 1, 1, 3, T, T/2+1]
     correlation = detector.correlation_spectra(detector.residual(images), spectrum)[:, 0].sum(1)  # [N, T, T/2+1], blocks summed
-    # an rfft holds the columns 1..T/2-1 once for two conjugate frequencies
-    multiplicity = torch.full((t // 2 + 1,), 2.0)
-    multiplicity[0] = multiplicity[-1] = 1.0
+    multiplicity = rfft_multiplicity(t)
     terms = correlation.real * multiplicity  # sums to T*T times the correlation at shift 0
     ring = cycles_per_tile(t, onesided=True).round().long()
     energy = spectrum[0, 0, 0].sum(0).abs().square() * multiplicity
