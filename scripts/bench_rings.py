@@ -38,13 +38,12 @@ def parts_of(detector: Detector, images: torch.Tensor, spectrum: torch.Tensor, w
 def fits(detector: Detector, marked: torch.Tensor, clean: torch.Tensor, spectrum: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
     clipped = fit_rings(detector, {"watermarked": [detector.residual(x[None]) for x in marked], "clean": [detector.residual(x[None]) for x in clean]}, spectrum, [1.0], weights)[0]
     m, c = parts_of(detector, marked, spectrum, weights), parts_of(detector, clean, spectrum, weights)
-    has = clipped > 0
     signed = (m.mean(0) - c.mean(0)) / ((m.var(0) + c.var(0)) / 2).clamp_min(1e-12)
     energetic = (m.var(0) + c.var(0)) > 1e-6 * (m.var(0) + c.var(0)).sum()
     energetic[0] = False
     signed = signed * energetic / signed[energetic].abs().max()
     plain = energetic.float()
-    return {"plain": plain, "clipped": clipped, "signed": signed, "shrunk": (clipped + plain) / 2 if has.any() else plain}
+    return {"plain": plain, "clipped": clipped, "signed": signed, "shrunk": (clipped + plain) / 2}  # fit_rings never returns all zeros
 
 
 @torch.no_grad()
